@@ -1,0 +1,27 @@
+"""The simulated task suite (ids, goal texts and subtasks follow the task-suite contract).
+
+``TASKS`` maps a task id to its class; ``make_task(id)`` builds a fresh instance.
+"""
+
+from __future__ import annotations
+
+from hvla_ros.sim.tasks.base import Expert, ExpertSubtask, Task
+from hvla_ros.sim.tasks.cube_in_box import CubeInBox
+
+TASKS: dict[str, type[Task]] = {
+    cls.name: cls
+    for cls in (
+        CubeInBox,
+    )
+}
+
+
+def make_task(name: str) -> Task:
+    """A new task instance by id. Raises ValueError naming the known ids."""
+    try:
+        return TASKS[name]()
+    except KeyError:
+        raise ValueError(f"unknown task {name!r}; expected one of {sorted(TASKS)}") from None
+
+
+__all__ = ["TASKS", "Expert", "ExpertSubtask", "Task", "make_task"]
