@@ -1,0 +1,33 @@
+"""Entry-point boilerplate shared by every node's ``main()``.
+
+Handles the two shutdown traps of rclpy: KeyboardInterrupt / ExternalShutdownException at any
+point, and shutting the context down while an executor thread still spins (which can abort the
+process), by always stopping the executor before ``try_shutdown``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import rclpy
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.node import Node
+
+
+def run_node(factory: Callable[[], Node], args: Sequence[str] | None = None, *, threads: int = 4) -> int:
+    """Create the node with ``factory`` after ``rclpy.init`` and spin it until shutdown."""
+    rclpy.init(args=list(args) if args is not None else None)
+    node: Node | None = None
+    executor = MultiThreadedExecutor(num_threads=threads)
+    try:
+        node = factory()
+        executor.add_node(node)
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        executor.shutdown(timeout_sec=1.0)
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return 0

@@ -1,0 +1,35 @@
+"""Test-wide settings: every run gets its own DDS domain, discovery stays on this host.
+
+Set before rclpy is imported anywhere so parallel test runs (and a developer's running stack)
+never see each other's traffic. Subprocesses started by tests inherit the environment.
+"""
+
+from __future__ import annotations
+
+import os
+
+# A domain per run: Fast DDS derives its ports from the id, so two runs with different ids
+# never exchange discovery traffic. 1..100 keeps the port range valid on Linux.
+os.environ["ROS_DOMAIN_ID"] = os.environ.get("HVLA_TEST_DOMAIN_ID", str(1 + os.getpid() % 100))
+os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+os.environ.setdefault("MUJOCO_GL", "egl")
+os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
+# Tests share two cores with each other; keep numeric libraries from oversubscribing them.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture
+def rclpy_context():
+    """An initialised rclpy context, shut down (after its nodes) when the test ends."""
+    import rclpy
+    from rclpy.context import Context
+
+    ctx = Context()
+    rclpy.init(context=ctx)
+    try:
+        yield ctx
+    finally:
+        rclpy.try_shutdown(context=ctx)
