@@ -254,11 +254,21 @@ class SimWorld:
 
     def camera_intrinsics(self, camera: str) -> tuple[float, float, float, float]:
         """Pinhole intrinsics (fx, fy, cx, cy) in pixels at ``image_size``."""
-        self._check_camera(camera)
         h, w = self.image_size
         fovy = float(self.model.cam_fovy[self.model.camera(camera).id])
         fy = 0.5 * h / np.tan(np.deg2rad(fovy) / 2)
         return (float(fy), float(fy), w / 2.0, h / 2.0)
+
+    def project(self, camera: str, point: Sequence[float]) -> tuple[float, float]:
+        """Pixel (u, v) of a world point in ``camera`` at ``image_size`` (u right, v down)."""
+        cam = self.model.camera(camera).id
+        rot = self.data.cam_xmat[cam].reshape(3, 3)
+        pc = rot.T @ (np.asarray(point, dtype=float) - self.data.cam_xpos[cam])
+        fx, fy, cx, cy = self.camera_intrinsics(camera)
+        depth = -pc[2]
+        if depth <= 1e-6:
+            raise ValueError(f"point {list(point)} is behind camera {camera!r}")
+        return (float(cx + fx * pc[0] / depth), float(cy - fy * pc[1] / depth))
 
     def close(self) -> None:
         """Free the renderers (GL contexts)."""

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 from hvla_ros.sim.tasks.base import Expert, ExpertSubtask, Task
 from hvla_ros.sim.tasks.cube_in_box import CubeInBox
+from hvla_ros.sim.tasks.stack_blue_on_yellow import StackBlueOnYellow
 
 TASKS: dict[str, type[Task]] = {
     cls.name: cls
     for cls in (
         CubeInBox,
+        StackBlueOnYellow,
     )
 }
 

@@ -82,6 +82,8 @@ class Task:
     robot_name: ClassVar[str] = "so101"
     #: seconds an expert rollout may take before it counts as failed
     time_limit: ClassVar[float] = 40.0
+    #: seconds to keep simulating after the expert finished before judging success
+    settle_time: ClassVar[float] = 1.0
 
     def build(self, spec: mujoco.MjSpec) -> None:
         """Add the task's bodies to the scene spec (before compilation)."""

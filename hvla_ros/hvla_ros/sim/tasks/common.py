@@ -17,8 +17,11 @@ CUBE_HALF = 0.015
 CUBE_MASS = 0.03
 
 #: Region of the table the single arm reaches comfortably with a top-down grasp.
-REACH_X = (0.16, 0.30)
+REACH_X = (0.16, 0.28)
 REACH_Y = (-0.14, 0.14)
+#: ... and within this distance of the shoulder-pan axis (x = 0.039 m) of the arm at the origin.
+REACH_RADIUS = 0.265
+_PAN_AXIS_X = 0.039
 
 
 def cube_name(color: str) -> str:
@@ -39,6 +42,7 @@ def sample_positions(
     x_range: tuple[float, float] = REACH_X,
     y_range: tuple[float, float] = REACH_Y,
     fixed: Sequence[tuple[np.ndarray, float]] = (),
+    max_radius: float | None = REACH_RADIUS,
     max_tries: int = 2000,
 ) -> list[np.ndarray]:
     """``n`` xy points in the rectangle whose discs (``radii``) do not overlap each other or ``fixed``."""
@@ -47,6 +51,8 @@ def sample_positions(
     for i in range(n):
         for _ in range(max_tries):
             p = np.array([rng.uniform(*x_range), rng.uniform(*y_range)])
+            if max_radius is not None and np.hypot(p[0] - _PAN_AXIS_X, p[1]) > max_radius:
+                continue
             if all(np.linalg.norm(p - q) >= radii[i] + r for q, r in placed):
                 placed.append((p, radii[i]))
                 out.append(p)

@@ -1,0 +1,46 @@
+"""``hvla``: the user-facing command line of hvla_ros.
+
+Each subcommand lives in its own module exposing ``add_arguments(parser)`` and ``run(args) -> int``;
+they are imported only when invoked, so ``hvla --help`` stays fast and light.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+#: subcommand -> (module, one-line help). Modules provide add_arguments(parser) and run(args).
+COMMANDS: dict[str, tuple[str, str]] = {
+    "sim-eval-experts": ("hvla_ros.sim.cmd_eval_experts", "success rate of each sim task's scripted expert"),
+    "gen-description": ("hvla_ros.description_gen", "write the ros2_control URDF/xacro and controllers YAML"),
+    "record-demos": ("hvla_ros.sim.recorder", "record scripted-expert demonstrations to a LeRobotDataset"),
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(prog="hvla")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    chosen = next((a for a in argv if not a.startswith("-")), None)
+    for name, (module, help_text) in sorted(COMMANDS.items()):
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(_module=module)
+        if name == chosen:
+            importlib.import_module(module).add_arguments(p)
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if not args.command:
+        parser.print_help()
+        return 2
+    return int(importlib.import_module(args._module).run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
