@@ -6,7 +6,10 @@
 from __future__ import annotations
 
 from hvla_ros.sim.tasks.base import Expert, ExpertSubtask, Task
+from hvla_ros.sim.tasks.button_sequence import ButtonSequence
 from hvla_ros.sim.tasks.cube_in_box import CubeInBox
+from hvla_ros.sim.tasks.observe_then_pick import ObserveThenPick
+from hvla_ros.sim.tasks.rank_by_trial import RankByTrial
 from hvla_ros.sim.tasks.stack_blue_on_yellow import StackBlueOnYellow
 
 TASKS: dict[str, type[Task]] = {
@@ -14,6 +17,9 @@ TASKS: dict[str, type[Task]] = {
     for cls in (
         CubeInBox,
         StackBlueOnYellow,
+        ObserveThenPick,
+        ButtonSequence,
+        RankByTrial,
     )
 }
 

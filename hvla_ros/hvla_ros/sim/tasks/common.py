@@ -45,22 +45,28 @@ def sample_positions(
     max_radius: float | None = REACH_RADIUS,
     max_tries: int = 2000,
 ) -> list[np.ndarray]:
-    """``n`` xy points in the rectangle whose discs (``radii``) do not overlap each other or ``fixed``."""
-    placed: list[tuple[np.ndarray, float]] = list(fixed)
-    out: list[np.ndarray] = []
-    for i in range(n):
-        for _ in range(max_tries):
-            p = np.array([rng.uniform(*x_range), rng.uniform(*y_range)])
-            if max_radius is not None and np.hypot(p[0] - _PAN_AXIS_X, p[1]) > max_radius:
-                continue
-            if all(np.linalg.norm(p - q) >= radii[i] + r for q, r in placed):
-                placed.append((p, radii[i]))
-                out.append(p)
+    """``n`` xy points in the rectangle whose discs (``radii``) do not overlap each other or ``fixed``.
+
+    Deterministic given ``rng``; restarts the whole set when a point finds no room.
+    """
+    for _ in range(50):
+        placed: list[tuple[np.ndarray, float]] = list(fixed)
+        out: list[np.ndarray] = []
+        for i in range(n):
+            for _ in range(max_tries // 50):
+                p = np.array([rng.uniform(*x_range), rng.uniform(*y_range)])
+                if max_radius is not None and np.hypot(p[0] - _PAN_AXIS_X, p[1]) > max_radius:
+                    continue
+                if all(np.linalg.norm(p - q) >= radii[i] + r for q, r in placed):
+                    placed.append((p, radii[i]))
+                    out.append(p)
+                    break
+            else:
                 break
-        else:
-            raise RuntimeError(f"could not place object {i} of {n} without overlap in "
-                               f"x{x_range} y{y_range}")
-    return out
+        if len(out) == n:
+            return out
+    raise RuntimeError(f"could not place {n} objects (radii {list(radii)}) without overlap in "
+                       f"x{x_range} y{y_range}")
 
 
 def geoms_of_body(model: mujoco.MjModel, body: str) -> set[int]:
