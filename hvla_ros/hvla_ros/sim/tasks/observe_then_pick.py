@@ -12,7 +12,7 @@ import mujoco
 import numpy as np
 
 from hvla_ros.sim.expert import Commander, up
-from hvla_ros.sim.scene import LAMP_OFF, LAMP_ON, GREY, add_box, add_open_box
+from hvla_ros.sim.scene import GREY, LAMP_OFF, LAMP_ON, add_box, add_open_box
 from hvla_ros.sim.tasks.base import Expert, ExpertSubtask, Task
 from hvla_ros.sim.tasks.common import CUBE_HALF, add_cube, is_grasped, is_lifted, sample_positions
 from hvla_ros.sim.tasks.cube_in_box import BOX_HEIGHT, BOX_INNER, box_geoms, in_box
