@@ -1,0 +1,389 @@
+"""perception_node: distractor masks and filtered observations ``I_hat = I * (1 - Q)`` per camera.
+
+A lifecycle node (the segmenter's model is created in ``on_configure``, freed in ``on_cleanup``).
+
+- subscribes ``planner/subtask`` (hvla_interfaces/Subtask, TRANSIENT_LOCAL): at each new subtask
+  its ``distractor_boxes`` are segmented on the next frame of their camera; an empty list clears
+  that camera's mask;
+- subscribes ``cameras/<cam>/image_raw`` and ``camera_info`` for each camera in ``cameras``;
+- publishes per camera ``perception/<cam>/image_filtered`` (same size, encoding and header as the
+  input), ``perception/<cam>/mask`` (mono8, 255 = masked) and ``perception/<cam>/camera_info``
+  (the input's, unchanged);
+- publishes hvla_interfaces/PerceptionStatus on ``perception/status`` every ``status_period_s``
+  per camera and at once on an error (stale input, bad image, bad boxes, segmenter failure);
+- serves hvla_interfaces/Segment on ``perception/segment`` (one image, independent of tracking).
+
+Bad input never stops the node: it is rejected, logged and reported on the status topic.
+
+Example::
+
+    perception_node --ros-args -p cameras:="[front, wrist]" -p fill:=blur
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+import time
+import traceback
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.service import Service
+from rclpy.timer import Timer
+from sensor_msgs.msg import CameraInfo, Image
+
+from hvla_interfaces.msg import PerceptionStatus, PixelBox, Subtask  # type: ignore[attr-defined]
+from hvla_interfaces.srv import Segment  # type: ignore[attr-defined]
+from hvla_ros import topics
+from hvla_ros.perception import (
+    BACKENDS,
+    FILL_MODES,
+    BoxError,
+    ImageError,
+    MaskPropagator,
+    PropagationConfig,
+    SegmenterError,
+    apply_mask,
+    check_boxes,
+    make_segmenter,
+)
+from hvla_ros.perception.segmenter import Segmenter
+from hvla_ros.rosutil.images import ImageConversionError, from_image_msg, to_image_msg
+from hvla_ros.rosutil.node_main import run_node
+from hvla_ros.rosutil.params import ParamSpec, declare_params
+from hvla_ros.rosutil.qos import IMAGE_QOS, LATCHED_QOS, STATE_QOS
+
+_COLOUR = {"rgb8": None, "bgr8": (2, 1, 0), "rgba8": None, "bgra8": (2, 1, 0)}
+
+
+def _params() -> list[ParamSpec]:
+    return [
+        ParamSpec("cameras", ["front", "wrist"], "cameras to filter (names as in the robot configuration)",
+                  check=lambda v: None if len(v) > 0 and len(set(v)) == len(v)
+                  else f"parameter 'cameras' needs distinct names, got {list(v)!r}", read_only=True),
+        ParamSpec("backend", "classical", "segmenter backend", choices=BACKENDS, read_only=True),
+        ParamSpec("checkpoint", "", "model checkpoint file (SAM-family backends)", read_only=True),
+        ParamSpec("model_type", "", "model type, e.g. vit_b / vit_t / efficientvit-sam-l0 (SAM family)",
+                  read_only=True),
+        ParamSpec("device", "cpu", "torch device for SAM-family backends", read_only=True),
+        ParamSpec("fill", "zero", "what masked pixels become", choices=FILL_MODES),
+        ParamSpec("max_boxes", 8, "most distractor boxes accepted per camera and subtask", min=1, max=64),
+        ParamSpec("stale_timeout_s", 1.0, "input older than this (wall s) is reported stale",
+                  min=0.05, max=600.0),
+        ParamSpec("status_period_s", 0.5, "seconds between status messages per camera", min=0.05, max=60.0),
+        ParamSpec("publish_mask", True, "also publish the mask image"),
+        ParamSpec("propagation.scale", 0.5, "optical-flow resolution relative to the image",
+                  min=0.1, max=1.0, read_only=True),
+        ParamSpec("propagation.drift_threshold", 0.5, "re-segment an object above this drift",
+                  min=0.01, max=1.0, read_only=True),
+        ParamSpec("propagation.resegment_interval", 0, "also re-segment every N frames (0: on drift only)",
+                  min=0, max=100000, read_only=True),
+        ParamSpec("propagation.reacquire_interval", 5, "frames between searches for objects out of view",
+                  min=1, max=1000, read_only=True),
+        ParamSpec("autostart", True, "configure and activate at start (no lifecycle manager needed)",
+                  read_only=True),
+    ]
+
+
+@dataclass
+class _Camera:
+    name: str
+    propagator: MaskPropagator
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    pending_boxes: list[PixelBox] | None = None  # set by a new subtask, consumed by the next frame
+    active: bool = False  # has a mask to apply
+    frames: int = 0
+    last_rx: float = 0.0  # monotonic time of the last image
+    error_code: int = PerceptionStatus.ERROR_NONE
+    error_msg: str = ""
+    mask_fraction: float = 0.0
+    shape: tuple[int, int] | None = None
+    info: CameraInfo | None = None
+
+
+class PerceptionNode(LifecycleNode):
+    """Thin ROS wrapper around :mod:`hvla_ros.perception`."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__("perception", **kwargs)
+        self.p = declare_params(self, _params())
+        self._segmenter: Segmenter | None = None
+        self._cams: dict[str, _Camera] = {}
+        self._subtask_key: tuple[str, int, int] | None = None
+        self._active = False
+        self._handles: list[Any] = []
+        self._pubs: dict[str, Any] = {}
+        self._seg_lock = threading.Lock()  # one segmenter call at a time (torch models are not reentrant)
+
+    # ------------------------------------------------------------------ lifecycle
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        p = self.p
+        try:
+            self._segmenter = make_segmenter(p["backend"], checkpoint=p["checkpoint"],
+                                             model_type=p["model_type"], device=p["device"],
+                                             max_boxes=p["max_boxes"])
+            config = PropagationConfig(scale=p["propagation.scale"],
+                                       drift_threshold=p["propagation.drift_threshold"],
+                                       resegment_interval=p["propagation.resegment_interval"],
+                                       reacquire_interval=p["propagation.reacquire_interval"])
+        except (SegmenterError, ValueError) as exc:
+            self.get_logger().error(f"cannot configure perception: {exc}")
+            return TransitionCallbackReturn.FAILURE
+        self._cams = {c: _Camera(c, MaskPropagator(self._segmenter, config)) for c in p["cameras"]}
+        for cam in self._cams.values():
+            group = MutuallyExclusiveCallbackGroup()  # cameras in parallel, frames of one in order
+            self._pubs[f"img/{cam.name}"] = self.create_publisher(Image, topics.filtered_image(cam.name),
+                                                                  IMAGE_QOS)
+            self._pubs[f"mask/{cam.name}"] = self.create_publisher(Image, topics.mask_image(cam.name),
+                                                                   IMAGE_QOS)
+            self._pubs[f"info/{cam.name}"] = self.create_publisher(CameraInfo, topics.filtered_info(cam.name),
+                                                                   IMAGE_QOS)
+            self._handles.append(self.create_subscription(
+                Image, topics.camera_image(cam.name), functools.partial(self._on_image, cam), IMAGE_QOS,
+                callback_group=group))
+            self._handles.append(self.create_subscription(
+                CameraInfo, topics.camera_info(cam.name), functools.partial(self._on_info, cam), IMAGE_QOS,
+                callback_group=group))
+        self._pubs["status"] = self.create_publisher(PerceptionStatus, topics.PERCEPTION_STATUS, STATE_QOS)
+        self._handles.append(self.create_subscription(Subtask, topics.CURRENT_SUBTASK, self._on_subtask,
+                                                      LATCHED_QOS))
+        self._handles.append(self.create_service(Segment, topics.SEGMENT_SERVICE, self._on_segment,
+                                                 callback_group=MutuallyExclusiveCallbackGroup()))
+        self._handles.append(self.create_timer(p["status_period_s"], self._publish_status_all))
+        self.get_logger().info(f"configured: backend {p['backend']!r}, cameras {p['cameras']}, "
+                               f"fill {p['fill']!r}")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        now = time.monotonic()
+        for cam in self._cams.values():
+            cam.last_rx = now  # staleness counts from activation
+        self._active = True
+        return super().on_activate(state)
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._active = False
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._active = False
+        for h in self._handles:
+            if isinstance(h, Timer):
+                self.destroy_timer(h)
+            elif isinstance(h, Service):
+                self.destroy_service(h)
+            else:
+                self.destroy_subscription(h)
+        for pub in self._pubs.values():
+            self.destroy_publisher(pub)
+        self._handles.clear()
+        self._pubs.clear()
+        self._cams.clear()
+        self._segmenter = None
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._active = False
+        return TransitionCallbackReturn.SUCCESS
+
+    # ------------------------------------------------------------------ inputs
+    def _on_subtask(self, msg: Subtask) -> None:
+        key = (msg.episode_id, int(msg.subtask_id), int(msg.attempt))
+        if key == self._subtask_key:
+            return
+        self._subtask_key = key
+        by_cam: dict[str, list[PixelBox]] = {c: [] for c in self._cams}
+        for box in msg.distractor_boxes:
+            if box.camera in by_cam:
+                by_cam[box.camera].append(box)
+            else:
+                self.get_logger().warning(f"subtask {key}: distractor box for camera {box.camera!r} "
+                                          f"which this node does not filter ({list(self._cams)})")
+        for name, boxes in by_cam.items():
+            cam = self._cams[name]
+            with cam.lock:
+                cam.pending_boxes = boxes
+        self.get_logger().info(f"subtask {key} {msg.instruction!r}: "
+                               f"{ {n: len(b) for n, b in by_cam.items()} } distractor box(es)")
+
+    def _on_info(self, cam: _Camera, msg: CameraInfo) -> None:
+        cam.info = msg
+        if self._active:
+            self._pubs[f"info/{cam.name}"].publish(msg)
+
+    def _on_image(self, cam: _Camera, msg: Image) -> None:
+        if not self._active:
+            return
+        cam.last_rx = time.monotonic()
+        try:
+            arr = from_image_msg(msg)
+            if msg.encoding not in _COLOUR and not (arr.ndim == 2 and arr.dtype == np.uint8):
+                raise ImageError(f"unsupported encoding {msg.encoding!r} for filtering "
+                                 f"(8-bit colour or mono images only)")
+            rgb = _to_rgb(arr, msg.encoding)
+            hw = (int(msg.height), int(msg.width))
+            with cam.lock:
+                pending, cam.pending_boxes = cam.pending_boxes, None
+                if cam.shape is not None and cam.shape != hw and cam.active and pending is None:
+                    raise ImageError(f"image size changed from {cam.shape[1]}x{cam.shape[0]} to "
+                                     f"{hw[1]}x{hw[0]} while tracking; waiting for a new subtask")
+                cam.shape = hw
+                if pending is not None:
+                    self._start_tracking(cam, rgb, pending)
+                mask = cam.propagator.update(rgb) if cam.active else None
+        except (ImageConversionError, ImageError, BoxError, SegmenterError, ValueError) as exc:
+            self._report(cam, _error_code(exc), str(exc))
+            return
+        except Exception as exc:  # a bug must not take the cameras down: report it and go on
+            self.get_logger().error(f"{cam.name}: unexpected {type(exc).__name__}: {exc}\n"
+                                    f"{traceback.format_exc()}", throttle_duration_sec=5.0)
+            self._report(cam, PerceptionStatus.ERROR_SEGMENTER_FAILED, f"{type(exc).__name__}: {exc}")
+            return
+        cam.frames += 1
+        if mask is None:
+            filtered_msg = msg  # nothing to mask: forward the frame as it came
+            cam.mask_fraction = 0.0
+        else:
+            filtered = apply_mask(arr, mask, self.p["fill"])
+            filtered_msg = to_image_msg(filtered, msg.encoding, msg.header)
+            cam.mask_fraction = float(mask.mean())
+        self._pubs[f"img/{cam.name}"].publish(filtered_msg)
+        if self.p["publish_mask"]:
+            m = np.zeros(arr.shape[:2], np.uint8) if mask is None else mask.view(np.uint8) * np.uint8(255)
+            self._pubs[f"mask/{cam.name}"].publish(to_image_msg(m, "mono8", msg.header))
+        if cam.error_code in (PerceptionStatus.ERROR_STALE_INPUT, PerceptionStatus.ERROR_BAD_IMAGE):
+            cam.error_code, cam.error_msg = PerceptionStatus.ERROR_NONE, ""
+
+    def _start_tracking(self, cam: _Camera, rgb: np.ndarray, boxes: Sequence[PixelBox]) -> None:
+        """Segment the subtask's boxes on this frame (caller holds ``cam.lock``)."""
+        cam.active = False
+        cam.propagator.reset()
+        if not boxes:
+            cam.error_code, cam.error_msg = PerceptionStatus.ERROR_NONE, ""
+            return
+        check = check_boxes(list(boxes), rgb.shape, max_boxes=self.p["max_boxes"])
+        if check.rejected:
+            self._report(cam, PerceptionStatus.ERROR_BAD_BOXES, check.error_text)
+        if not check.accepted:
+            return
+        with self._seg_lock:
+            t0 = time.perf_counter()
+            cam.propagator.initialize(rgb, check.accepted)
+        cam.active = True
+        if not check.rejected:
+            cam.error_code, cam.error_msg = PerceptionStatus.ERROR_NONE, ""
+        self.get_logger().info(f"{cam.name}: segmented {len(check.accepted)} box(es) in "
+                               f"{(time.perf_counter() - t0) * 1e3:.0f} ms")
+
+    def _on_segment(self, req: Segment.Request, resp: Segment.Response) -> Segment.Response:
+        resp.error_code = Segment.Response.ERROR_NONE
+        if self._segmenter is None:
+            resp.error_code, resp.error_msg = Segment.Response.ERROR_SEGMENTER_FAILED, "node not configured"
+            return resp
+        try:
+            arr = from_image_msg(req.image)
+            if req.image.encoding not in _COLOUR and not (arr.ndim == 2 and arr.dtype == np.uint8):
+                raise ImageError(f"unsupported encoding {req.image.encoding!r} (8-bit colour or mono only)")
+            rgb = _to_rgb(arr, req.image.encoding)
+            check = check_boxes(list(req.boxes), rgb.shape, max_boxes=self.p["max_boxes"])
+            accepted = [req.boxes[i] for i in check.accepted_index]
+            mask = np.zeros(rgb.shape[:2], bool)
+            scores = np.zeros(0, np.float32)
+            if check.accepted:
+                with self._seg_lock:
+                    mask, scores = self._segmenter.segment(rgb, check.accepted)
+            for box, clipped in zip(accepted, check.accepted, strict=True):
+                box.x_min, box.y_min = float(clipped.x_min), float(clipped.y_min)
+                box.x_max, box.y_max = float(clipped.x_max), float(clipped.y_max)
+            resp.accepted_boxes = accepted
+            resp.scores = [float(s) for s in scores]
+            resp.mask = to_image_msg(mask.view(np.uint8) * np.uint8(255), "mono8", req.image.header)
+            if check.rejected:
+                resp.error_code, resp.error_msg = Segment.Response.ERROR_BAD_BOXES, check.error_text
+        except (ImageConversionError, ImageError) as exc:
+            resp.error_code, resp.error_msg = Segment.Response.ERROR_BAD_IMAGE, str(exc)
+        except BoxError as exc:
+            resp.error_code, resp.error_msg = Segment.Response.ERROR_BAD_BOXES, str(exc)
+        except (SegmenterError, ValueError, RuntimeError) as exc:
+            resp.error_code, resp.error_msg = Segment.Response.ERROR_SEGMENTER_FAILED, str(exc)
+        except Exception as exc:  # never let one request take the node down
+            self.get_logger().error(f"segment request: {traceback.format_exc()}")
+            resp.error_code = Segment.Response.ERROR_SEGMENTER_FAILED
+            resp.error_msg = f"{type(exc).__name__}: {exc}"
+        if resp.error_code:
+            self.get_logger().warning(f"segment request: {resp.error_msg}")
+        return resp
+
+    # ------------------------------------------------------------------ status
+    def _report(self, cam: _Camera, code: int, text: str) -> None:
+        cam.error_code, cam.error_msg = code, text
+        self.get_logger().error(f"{cam.name}: {text}", throttle_duration_sec=2.0)
+        self._publish_status(cam)
+
+    def _publish_status_all(self) -> None:
+        if not self._active:
+            return
+        now = time.monotonic()
+        for cam in self._cams.values():
+            stale = now - cam.last_rx > self.p["stale_timeout_s"]
+            if stale and cam.error_code != PerceptionStatus.ERROR_STALE_INPUT:
+                cam.error_code = PerceptionStatus.ERROR_STALE_INPUT
+                cam.error_msg = f"no image on {topics.camera_image(cam.name)} for {now - cam.last_rx:.1f} s"
+                self.get_logger().warning(f"{cam.name}: {cam.error_msg}")
+            self._publish_status(cam, stale=stale)
+
+    def _publish_status(self, cam: _Camera, *, stale: bool | None = None) -> None:
+        if "status" not in self._pubs:
+            return
+        s = PerceptionStatus()
+        s.header.stamp = self.get_clock().now().to_msg()
+        s.camera = cam.name
+        s.stale = bool(stale) if stale is not None else cam.error_code == PerceptionStatus.ERROR_STALE_INPUT
+        s.frames_processed = cam.frames
+        st = cam.propagator.stats
+        s.reinitializations = st.reinitializations + st.reacquisitions
+        s.mask_fraction = cam.mask_fraction
+        s.drift = float(st.drift)
+        s.error_code = cam.error_code
+        s.error_msg = cam.error_msg
+        self._pubs["status"].publish(s)
+
+
+def _to_rgb(arr: np.ndarray, encoding: str) -> np.ndarray:
+    if arr.ndim == 2:
+        return np.ascontiguousarray(np.repeat(arr[..., None], 3, axis=2))
+    rgb = arr[..., :3]
+    order = _COLOUR.get(encoding)
+    if order is not None:
+        rgb = rgb[..., list(order)]
+    return np.ascontiguousarray(rgb)
+
+
+def _error_code(exc: Exception) -> int:
+    if isinstance(exc, BoxError):
+        return PerceptionStatus.ERROR_BAD_BOXES
+    if isinstance(exc, (ImageError, ImageConversionError)):
+        return PerceptionStatus.ERROR_BAD_IMAGE
+    return PerceptionStatus.ERROR_SEGMENTER_FAILED
+
+
+def _make_node() -> PerceptionNode:
+    node = PerceptionNode()
+    if node.p["autostart"]:
+        if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+            raise RuntimeError("perception_node failed to configure (see the log above)")
+        node.trigger_activate()
+    return node
+
+
+def main(args: Sequence[str] | None = None) -> int:
+    return run_node(_make_node, args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
