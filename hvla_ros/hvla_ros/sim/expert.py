@@ -27,6 +27,8 @@ SLOW_SPEED = 0.10
 #: Gripper joint target while squeezing an object (below the closed limit: the object stops it).
 GRIP_SQUEEZE = GRIPPER_CLOSED
 HOVER = 0.07  # grasp point above an object's top before descending
+#: Distance from the grasp point to the fixed jaw's inner pad face, along the jaw axis (m).
+FIXED_JAW_FACE = 0.0196
 
 
 def up(dz: float) -> np.ndarray:
@@ -117,27 +119,39 @@ class ArmCommander:
         self.yaw = float(np.arctan2(rot[1, 2], rot[0, 2]))
 
     # --------------------------------------------------------------- composites
-    def pick(self, body: str, half_height: float, *, grasp_depth: float | None = None,
-             lift: float = 0.08, yaw_offset: float = 0.0) -> Iterator[None]:
-        """Top-down grasp of a box-like body and lift it ``lift`` above the table."""
+    def jaw_axis(self) -> np.ndarray:
+        """Commanded direction from the fixed towards the moving jaw (world)."""
+        return np.asarray(self.ik.forward(self.q_arm)[1][:, 2])
+
+    def pick(self, body: str, half_height: float, *, half_width: float | None = None,
+             grasp_depth: float | None = None, lift: float = 0.08, yaw_offset: float = 0.0) -> Iterator[None]:
+        """Top-down grasp of a box-like body and lift it to ``lift`` (grasp point height).
+
+        The fixed jaw is placed just beside the body's face, so closing the moving jaw does not
+        shove the body sideways.
+        """
         w = self.world
         pos = w.body_pos(body)
         yaw = wrap_quarter(w.body_yaw(body)) + yaw_offset
         top = pos[2] + half_height
-        depth = grasp_depth if grasp_depth is not None else min(half_height, 0.012)
+        depth = grasp_depth if grasp_depth is not None else min(half_height, 0.010)
+        half_w = half_height if half_width is None else half_width
         yield from self.set_gripper(GRIPPER_OPEN, 0.2)
         yield from self.move(np.array([pos[0], pos[1], top + HOVER]), yaw)
         # re-read the pose right before descending (it may have been nudged)
         pos = w.body_pos(body)
-        yield from self.move(np.array([pos[0], pos[1], top + 0.02]), yaw, speed=SLOW_SPEED)
-        yield from self.move(np.array([pos[0], pos[1], top - depth]), yaw, speed=SLOW_SPEED)
+        shift = max(0.0, FIXED_JAW_FACE - half_w - 0.0015) * self.jaw_axis()
+        shift[2] = 0.0
+        yield from self.move(np.array([pos[0], pos[1], top + 0.02]) + shift, yaw, speed=SLOW_SPEED)
+        yield from self.move(np.array([pos[0], pos[1], top - depth]) + shift, yaw, speed=SLOW_SPEED)
         yield from self.hold(0.15)
         yield from self.set_gripper(GRIP_SQUEEZE, 0.35)
         yield from self.hold(0.2)
-        yield from self.move(np.array([pos[0], pos[1], max(lift, top + 0.04)]), speed=SLOW_SPEED)
+        p = self.point
+        yield from self.move(np.array([p[0], p[1], max(lift, top + 0.04)]), speed=SLOW_SPEED)
 
     def place(self, body: str, goal: np.ndarray, *, carry: float = 0.08, release_clearance: float = 0.004,
-              yaw: float | None = None) -> Iterator[None]:
+              yaw: float | None = None, open_to: float = GRIPPER_OPEN) -> Iterator[None]:
         """Carry a held body so its centre lands at ``goal`` (x, y, z of the centre), release, retreat.
 
         The offset between the grasp point and the body centre is measured when the motion
@@ -152,7 +166,7 @@ class ArmCommander:
         yield from self.move(np.array([aim[0], aim[1], aim[2] + 0.03]), speed=SLOW_SPEED)
         yield from self.move(np.array([aim[0], aim[1], aim[2] + release_clearance]), speed=SLOW_SPEED)
         yield from self.hold(0.15)
-        yield from self.set_gripper(GRIPPER_OPEN, 0.3)
+        yield from self.set_gripper(open_to, 0.3)
         yield from self.hold(0.1)
         p = self.point
         yield from self.move(np.array([p[0], p[1], p[2] + 0.06]), speed=SLOW_SPEED)

@@ -11,6 +11,7 @@ from hvla_ros.sim.tasks.cube_in_box import CubeInBox
 from hvla_ros.sim.tasks.observe_then_pick import ObserveThenPick
 from hvla_ros.sim.tasks.rank_by_trial import RankByTrial
 from hvla_ros.sim.tasks.stack_blue_on_yellow import StackBlueOnYellow
+from hvla_ros.sim.tasks.try_until_fits import TryUntilFits
 
 TASKS: dict[str, type[Task]] = {
     cls.name: cls
@@ -20,6 +21,7 @@ TASKS: dict[str, type[Task]] = {
         ObserveThenPick,
         ButtonSequence,
         RankByTrial,
+        TryUntilFits,
     )
 }
 

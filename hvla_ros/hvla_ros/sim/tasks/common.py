@@ -17,7 +17,7 @@ CUBE_HALF = 0.015
 CUBE_MASS = 0.03
 
 #: Region of the table the single arm reaches comfortably with a top-down grasp.
-REACH_X = (0.16, 0.28)
+REACH_X = (0.17, 0.28)
 REACH_Y = (-0.14, 0.14)
 #: ... and within this distance of the shoulder-pan axis (x = 0.039 m) of the arm at the origin.
 REACH_RADIUS = 0.265
