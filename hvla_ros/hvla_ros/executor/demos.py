@@ -1,0 +1,250 @@
+"""Demonstration frames from a LeRobotDataset, held in memory for fast CPU training.
+
+A skill trains on the frames whose task (the subtask instruction the recorder wrote) matches the
+skill; contiguous matching frames of an episode form a *segment*, and samples never cross a
+segment boundary (observation history is padded with the segment's first frame, action targets
+past its end are padded and masked, like LeRobotDataset's ``*_is_pad``). The flat baseline uses
+whole episodes with one instruction (the task goal).
+
+Images are resized once (INTER_AREA, as the runner does at inference) and stored as uint8.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from hvla_ros.executor.instruction import encode_instruction
+
+log = logging.getLogger(__name__)
+
+#: Default task-text pattern that selects a skill's frames (the task suite's instruction wording).
+SKILL_PATTERNS: dict[str, str] = {
+    "pick": r"^pick up\b",
+    "place": r"^(place|insert)\b",
+    "push": r"^push\b",
+    "press": r"^press\b",
+    "open_drawer": r"\bdrawer\b",
+    "handover": r"^hand\b",
+}
+
+
+@dataclass
+class DemoData:
+    """Selected frames: ``images[cam]`` N x 3 x H x W uint8, ``state``/``action`` N x D float32,
+    ``instruction`` N x E float32, ``seg_start``/``seg_end`` (exclusive) per frame, ``fps``."""
+
+    images: dict[str, np.ndarray]
+    state: np.ndarray
+    action: np.ndarray
+    instruction: np.ndarray
+    seg_start: np.ndarray
+    seg_end: np.ndarray
+    fps: int
+    state_names: list[str]
+    action_names: list[str]
+    tasks: list[str]
+    num_segments: int
+
+    def __len__(self) -> int:
+        return int(self.state.shape[0])
+
+    def stats(self) -> dict[str, dict[str, np.ndarray]]:
+        """Normalization statistics in LeRobot's layout (feature -> stat -> array)."""
+        from hvla_ros import lerobot_compat as lc
+
+        out: dict[str, dict[str, np.ndarray]] = {}
+        for key, arr in ((lc.STATE_KEY, self.state), (lc.ACTION_KEY, self.action)):
+            lo, hi = arr.min(0), arr.max(0)
+            hi = np.where(hi - lo < 1e-3, lo + 1e-3, hi)  # constant joints: avoid a zero range
+            out[key] = {"min": lo, "max": hi, "mean": arr.mean(0), "std": arr.std(0)}
+        for cam, imgs in self.images.items():
+            sub = imgs[:: max(1, len(imgs) // 500)].astype(np.float32) / 255.0
+            mean = sub.mean(axis=(0, 2, 3)).reshape(3, 1, 1)
+            std = np.maximum(sub.std(axis=(0, 2, 3)), 1e-3).reshape(3, 1, 1)
+            out[lc.image_key(cam)] = {
+                "mean": mean,
+                "std": std,
+                "min": np.zeros((3, 1, 1)),
+                "max": np.ones((3, 1, 1)),
+            }
+        return out
+
+    def sample(self, idx: np.ndarray, n_obs_steps: int, horizon: int) -> dict[str, object]:
+        """A training batch (torch tensors, unnormalized) for frame indices ``idx``."""
+        import torch
+
+        from hvla_ros import lerobot_compat as lc
+
+        idx = np.asarray(idx)
+        start, end = self.seg_start[idx][:, None], self.seg_end[idx][:, None]
+        obs_idx = np.clip(idx[:, None] + np.arange(1 - n_obs_steps, 1)[None, :], start, end - 1)
+        act_raw = idx[:, None] + np.arange(1 - n_obs_steps, 1 - n_obs_steps + horizon)[None, :]
+        act_idx = np.clip(act_raw, start, end - 1)
+        batch: dict[str, object] = {
+            lc.STATE_KEY: torch.from_numpy(self.state[obs_idx]),
+            lc.ACTION_KEY: torch.from_numpy(self.action[act_idx]),
+            "action_is_pad": torch.from_numpy((act_raw < start) | (act_raw >= end)),
+        }
+        if self.instruction.shape[1]:
+            batch[lc.INSTRUCTION_KEY] = torch.from_numpy(self.instruction[obs_idx])
+        for cam, imgs in self.images.items():
+            batch[lc.image_key(cam)] = torch.from_numpy(imgs[obs_idx]).float().div_(255.0)
+        return batch
+
+
+def _task_names(ds) -> dict[int, str]:
+    tasks = ds.meta.tasks
+    if hasattr(tasks, "iterrows"):  # v3: DataFrame indexed by task text
+        return {int(row["task_index"]): str(name) for name, row in tasks.iterrows()}
+    return {int(k): str(v) for k, v in dict(tasks).items()}
+
+
+def load_demos(
+    root: Path | str,
+    *,
+    cameras: Sequence[str] | None,
+    image_hw: tuple[int, int],
+    pattern: str | None,
+    flat_instruction: str | None = None,
+    instruction_dim: int = 16,
+    max_episodes: int | None = None,
+) -> DemoData:
+    """Read the frames of ``root`` matching ``pattern`` (regex on the task text) into memory.
+
+    ``flat_instruction``: use every frame of every episode, all with this instruction (the flat
+    baseline). ``instruction_dim`` 0 disables the instruction input.
+    """
+    import cv2
+
+    from hvla_ros import lerobot_compat as lc
+
+    ds = lc.open_dataset(root)
+    feats = ds.meta.features
+    all_cams = [k[len(lc.IMAGE_PREFIX) :] for k in feats if k.startswith(lc.IMAGE_PREFIX)]
+    cams = list(cameras) if cameras else all_cams
+    missing = [c for c in cams if c not in all_cams]
+    if missing:
+        raise ValueError(f"dataset {root} has no cameras {missing}; it has {all_cams}")
+    for key in (lc.STATE_KEY, lc.ACTION_KEY):
+        if key not in feats:
+            raise ValueError(f"dataset {root} lacks feature {key!r}; features: {sorted(feats)}")
+    task_of = _task_names(ds)
+    hf = ds.hf_dataset
+    cols = hf.select_columns(["episode_index", "task_index", lc.STATE_KEY, lc.ACTION_KEY])[:]
+    ep = np.asarray(cols["episode_index"], dtype=np.int64)
+    tidx = np.asarray(cols["task_index"], dtype=np.int64)
+    state = np.stack([np.asarray(s, dtype=np.float32) for s in cols[lc.STATE_KEY]])
+    action = np.stack([np.asarray(a, dtype=np.float32) for a in cols[lc.ACTION_KEY]])
+    texts = np.array([task_of.get(int(t), "") for t in tidx], dtype=object)
+    if max_episodes is not None:
+        keep_eps = np.unique(ep)[:max_episodes]
+        ep_ok = np.isin(ep, keep_eps)
+    else:
+        ep_ok = np.ones(len(ep), dtype=bool)
+    if flat_instruction is not None:
+        sel = ep_ok
+    else:
+        if not pattern:
+            raise ValueError("a task pattern is required unless training the flat baseline")
+        rx = re.compile(pattern)
+        sel = ep_ok & np.array([bool(rx.search(t)) for t in texts])
+    rows = np.flatnonzero(sel)
+    if rows.size == 0:
+        raise ValueError(
+            f"no frames of {root} match task pattern {pattern!r}; tasks: {sorted(set(task_of.values()))}"
+        )
+    # Segments: runs of consecutive selected rows within one episode (and one task unless flat).
+    seg_key = ep[rows] if flat_instruction is not None else ep[rows] * 100003 + tidx[rows]
+    brk = np.ones(rows.size, dtype=bool)
+    brk[1:] = (np.diff(rows) != 1) | (np.diff(seg_key) != 0)
+    seg_id = np.cumsum(brk) - 1
+    starts = np.flatnonzero(brk)
+    ends = np.append(starts[1:], rows.size)
+    seg_start, seg_end = starts[seg_id], ends[seg_id]
+    instr_text = [flat_instruction] * rows.size if flat_instruction is not None else list(texts[rows])
+    cache: dict[str, np.ndarray] = {}
+    instruction = np.zeros((rows.size, instruction_dim), dtype=np.float32)
+    if instruction_dim:
+        for i, t in enumerate(instr_text):
+            if t not in cache:
+                cache[t] = encode_instruction(t, instruction_dim)
+            instruction[i] = cache[t]
+    h, w = image_hw
+    images = {c: np.empty((rows.size, 3, h, w), dtype=np.uint8) for c in cams}
+    img_cols = hf.select_columns([lc.image_key(c) for c in cams])
+    chunk = 256
+    for s in range(0, rows.size, chunk):
+        part = img_cols.select(rows[s : s + chunk].tolist())[:]
+        for c in cams:
+            for j, t in enumerate(part[lc.image_key(c)]):
+                arr = (t.numpy().transpose(1, 2, 0) * 255.0 + 0.5).astype(np.uint8)
+                if arr.shape[:2] != (h, w):
+                    arr = cv2.resize(arr, (w, h), interpolation=cv2.INTER_AREA)
+                images[c][s + j] = arr.transpose(2, 0, 1)
+    names = feats[lc.STATE_KEY].get("names") or [f"s{i}" for i in range(state.shape[1])]
+    anames = feats[lc.ACTION_KEY].get("names") or [f"a{i}" for i in range(action.shape[1])]
+    if isinstance(names, dict):  # some datasets nest names under "motors"
+        names = next(iter(names.values()))
+    if isinstance(anames, dict):
+        anames = next(iter(anames.values()))
+    data = DemoData(
+        images=images,
+        state=state[rows],
+        action=action[rows],
+        instruction=instruction,
+        seg_start=seg_start,
+        seg_end=seg_end,
+        fps=int(ds.meta.fps),
+        state_names=list(names),
+        action_names=list(anames),
+        tasks=sorted(set(instr_text)),
+        num_segments=int(starts.size),
+    )
+    log.info(
+        "loaded %d frames in %d segments from %s (tasks: %s)", len(data), data.num_segments, root, data.tasks
+    )
+    return data
+
+
+def write_synthetic_dataset(root: Path | str, *, episodes: int = 2, frames: int = 24,
+                            cameras: Sequence[str] = ("front",), image_hw: tuple[int, int] = (48, 64),
+                            joint_names: Sequence[str] | None = None, fps: int = 30,
+                            tasks: Sequence[str] = ("pick up the red cube", "place the red cube in the box"),
+                            seed: int = 0) -> Path:
+    """A small LeRobotDataset with the recorder's layout, for tests and benchmarks.
+
+    Each episode is split evenly into one segment per entry of ``tasks``; the images show a red
+    square whose position follows the first joint, the action is the next state. Not a
+    demonstration of anything; it exercises the data path end to end.
+    """
+    from hvla_ros import lerobot_compat as lc
+    from hvla_ros.robot import JOINTS
+
+    names = list(joint_names or JOINTS)
+    h, w = image_hw
+    rng = np.random.default_rng(seed)
+    ds = lc.create_dataset(root, "local/synthetic", fps, lc.standard_features({c: (h, w) for c in cameras}, names))
+    per_task = max(1, frames // len(tasks))
+    for _ in range(episodes):
+        q = rng.uniform(-0.5, 0.5, size=len(names)).astype(np.float32)
+        goal = rng.uniform(-0.5, 0.5, size=len(names)).astype(np.float32)
+        for f in range(frames):
+            nxt = (q + 0.2 * (goal - q)).astype(np.float32)
+            frame: dict[str, object] = {lc.STATE_KEY: q.copy(), lc.ACTION_KEY: nxt,
+                                        "task": tasks[min(f // per_task, len(tasks) - 1)]}
+            for c in cameras:
+                img = np.full((h, w, 3), 40, dtype=np.uint8)
+                u = int((q[0] + 1) / 2 * (w - 8))
+                img[h // 2 - 4:h // 2 + 4, max(0, u):max(0, u) + 8] = (220, 30, 30)
+                frame[lc.image_key(c)] = img
+            ds.add_frame(frame)
+            q = nxt
+        ds.save_episode()
+    ds.finalize()
+    return Path(root)

@@ -1,0 +1,322 @@
+"""The skill library: skill name -> diffusion policy + how to feed and run it.
+
+Loaded from YAML (default: the package's ``config/skills.yaml``)::
+
+    robot: so101                  # robot configuration (hvla_ros.robot), gives default joints
+    skills:
+      pick:
+        description: pick an object up
+        policy: skills/pick       # policy directory, relative to the hvla_ros package or absolute
+        cameras: [front, wrist]   # filtered camera images it reads (must match the policy)
+        state_joints: [...]       # optional, default: the robot's joints (policy state order)
+        action_joints: [...]      # optional, default: state_joints (policy action order)
+        instruction: hashed_bow   # instruction conditioning: hashed_bow | none (must match policy)
+        chunk_length: 16          # optional; the policy's prediction horizon (checked)
+        n_action_steps: 8         # steps executed per chunk before predicting again
+        default_horizon_s: 12.0   # used when Subtask.horizon is zero
+        denoising_steps: 10       # DDIM steps per chunk
+        step_period_s: 0.0333     # optional; default 1/fps of the training data
+      observe:
+        description: hold still while watching
+        policy: hold              # no learned policy: hold the current joint positions
+        default_horizon_s: 2.0
+
+:meth:`SkillLibrary.load` validates everything up front and raises :class:`SkillConfigError`
+naming the skill, the path and the reason (missing or corrupt checkpoint, cameras/joints/
+instruction conditioning that do not match the policy config).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from hvla_ros.robot import RobotSpec, get_robot
+
+log = logging.getLogger(__name__)
+
+HOLD = "hold"
+INSTRUCTION_MODES = ("hashed_bow", "none")
+_KEYS = frozenset(
+    {
+        "description",
+        "policy",
+        "cameras",
+        "state_joints",
+        "action_joints",
+        "instruction",
+        "chunk_length",
+        "n_action_steps",
+        "default_horizon_s",
+        "denoising_steps",
+        "step_period_s",
+    }
+)
+
+
+class SkillConfigError(ValueError):
+    """A skill library file or entry that cannot be used; the message says which and why."""
+
+
+class UnknownSkillError(KeyError):
+    """A subtask named a skill the library does not declare."""
+
+    def __str__(self) -> str:  # KeyError quotes its argument; keep the sentence readable
+        return str(self.args[0]) if self.args else "unknown skill"
+
+
+def package_dir() -> Path:
+    """Directory of the installed ``hvla_ros`` Python package (relative policy paths start here)."""
+    return Path(str(resources.files("hvla_ros")))
+
+
+def default_skills_file() -> Path:
+    return package_dir() / "config" / "skills.yaml"
+
+
+@dataclass(frozen=True)
+class SkillSpec:
+    """One validated skill entry."""
+
+    name: str
+    description: str
+    policy_dir: Path | None  # None: hold skill
+    cameras: tuple[str, ...] = ()
+    state_joints: tuple[str, ...] = ()
+    action_joints: tuple[str, ...] = ()
+    instruction: str = "none"
+    chunk_length: int = 0
+    n_action_steps: int = 1
+    default_horizon_s: float = 5.0
+    denoising_steps: int = 10
+    step_period_s: float = 1.0 / 30.0
+
+    @property
+    def is_hold(self) -> bool:
+        return self.policy_dir is None
+
+
+@dataclass
+class Skill:
+    """A skill ready to run: its spec and (unless it is a hold skill) the loaded policy bundle."""
+
+    spec: SkillSpec
+    bundle: Any = None  # lerobot_compat.PolicyBundle
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+
+@dataclass
+class SkillLibrary:
+    robot: RobotSpec
+    skills: dict[str, Skill] = field(default_factory=dict)
+    source: Path | None = None
+
+    def names(self) -> list[str]:
+        return sorted(self.skills)
+
+    def get(self, name: str) -> Skill:
+        try:
+            return self.skills[name]
+        except KeyError:
+            raise UnknownSkillError(f"unknown skill {name!r}; the library declares {self.names()}") from None
+
+    @classmethod
+    def load(
+        cls,
+        path: Path | str | None = None,
+        *,
+        device: str = "cpu",
+        load_policies: bool = True,
+        robot: str | None = None,
+    ) -> SkillLibrary:
+        """Read and validate a skill library file, loading every policy (configure-time work)."""
+        src = Path(path) if path else default_skills_file()
+        try:
+            doc = yaml.safe_load(src.read_text())
+        except OSError as e:
+            raise SkillConfigError(f"cannot read skill library {src}: {e.strerror or e}") from e
+        except yaml.YAMLError as e:
+            raise SkillConfigError(f"skill library {src} is not valid YAML: {e}") from e
+        return cls.from_dict(doc, source=src, device=device, load_policies=load_policies, robot=robot)
+
+    @classmethod
+    def from_dict(
+        cls,
+        doc: Any,
+        *,
+        source: Path | None = None,
+        device: str = "cpu",
+        load_policies: bool = True,
+        robot: str | None = None,
+    ) -> SkillLibrary:
+        where = str(source) if source else "<skill library>"
+        if not isinstance(doc, Mapping) or not isinstance(doc.get("skills"), Mapping) or not doc["skills"]:
+            raise SkillConfigError(f"{where}: expected a mapping with a non-empty 'skills' mapping")
+        try:
+            spec_robot = get_robot(str(robot or doc.get("robot", "so101")))
+        except ValueError as e:
+            raise SkillConfigError(f"{where}: {e}") from e
+        lib = cls(robot=spec_robot, source=source)
+        for name, entry in doc["skills"].items():
+            spec = parse_skill(str(name), entry, spec_robot, where)
+            skill = Skill(spec=spec)
+            if load_policies and not spec.is_hold:
+                skill = load_skill(spec, device=device)
+            lib.skills[spec.name] = skill
+        return lib
+
+
+def _resolve_policy(value: str) -> Path:
+    p = Path(value)
+    return p if p.is_absolute() else package_dir() / p
+
+
+def parse_skill(name: str, entry: Any, robot: RobotSpec, where: str) -> SkillSpec:
+    """Validate one YAML entry (no policy loading)."""
+    ctx = f"{where}: skill {name!r}"
+    if not isinstance(entry, Mapping):
+        raise SkillConfigError(f"{ctx}: expected a mapping, got {type(entry).__name__}")
+    unknown = set(entry) - _KEYS
+    if unknown:
+        raise SkillConfigError(f"{ctx}: unknown keys {sorted(unknown)}; allowed: {sorted(_KEYS)}")
+    policy = entry.get("policy")
+    if not isinstance(policy, str) or not policy:
+        raise SkillConfigError(f"{ctx}: 'policy' must be a policy directory or '{HOLD}', got {policy!r}")
+
+    def num(key: str, default: float, typ: type, lo: float) -> Any:
+        v = entry.get(key, default)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or (typ is int and not isinstance(v, int)):
+            raise SkillConfigError(f"{ctx}: '{key}' must be a {typ.__name__}, got {v!r}")
+        if v < lo:
+            raise SkillConfigError(f"{ctx}: '{key}' must be >= {lo}, got {v!r}")
+        return typ(v)
+
+    horizon_s = num("default_horizon_s", 5.0, float, 0.0)
+    if horizon_s <= 0:
+        raise SkillConfigError(f"{ctx}: 'default_horizon_s' must be > 0, got {horizon_s}")
+    period = num("step_period_s", 0.0, float, 0.0)
+    description = str(entry.get("description", ""))
+    if policy == HOLD:
+        return SkillSpec(
+            name=name,
+            description=description,
+            policy_dir=None,
+            default_horizon_s=horizon_s,
+            step_period_s=period or 1.0 / 30.0,
+            n_action_steps=num("n_action_steps", 8, int, 1),
+            state_joints=robot.joint_names,
+            action_joints=robot.joint_names,
+        )
+
+    cameras = entry.get("cameras")
+    if not isinstance(cameras, Sequence) or isinstance(cameras, str) or not cameras:
+        raise SkillConfigError(f"{ctx}: 'cameras' must be a non-empty list of camera names, got {cameras!r}")
+    bad = [c for c in cameras if c not in robot.cameras]
+    if bad:
+        raise SkillConfigError(
+            f"{ctx}: cameras {bad} are not cameras of robot {robot.name!r}: {list(robot.cameras)}"
+        )
+
+    def joints(key: str, default: Sequence[str]) -> tuple[str, ...]:
+        v = entry.get(key, list(default))
+        if not isinstance(v, Sequence) or isinstance(v, str) or not v:
+            raise SkillConfigError(f"{ctx}: '{key}' must be a non-empty list of joint names, got {v!r}")
+        foreign = [j for j in v if j not in robot.joint_names]
+        if foreign:
+            raise SkillConfigError(f"{ctx}: '{key}' has joints {foreign} that robot {robot.name!r} lacks")
+        return tuple(str(j) for j in v)
+
+    state = joints("state_joints", robot.joint_names)
+    action = joints("action_joints", state)
+    instruction = entry.get("instruction", "hashed_bow")
+    if instruction not in INSTRUCTION_MODES:
+        raise SkillConfigError(
+            f"{ctx}: 'instruction' must be one of {list(INSTRUCTION_MODES)}, got {instruction!r}"
+        )
+    return SkillSpec(
+        name=name,
+        description=description,
+        policy_dir=_resolve_policy(policy),
+        cameras=tuple(cameras),
+        state_joints=state,
+        action_joints=action,
+        instruction=instruction,
+        chunk_length=num("chunk_length", 0, int, 0),
+        n_action_steps=num("n_action_steps", 8, int, 1),
+        default_horizon_s=horizon_s,
+        denoising_steps=num("denoising_steps", 10, int, 1),
+        step_period_s=period,
+    )
+
+
+def load_skill(spec: SkillSpec, *, device: str = "cpu") -> Skill:
+    """Load the policy of ``spec`` and check that it matches the entry; returns the ready skill."""
+    from hvla_ros import lerobot_compat as lc
+
+    assert spec.policy_dir is not None
+    ctx = f"skill {spec.name!r} ({spec.policy_dir})"
+    try:
+        bundle = lc.load_policy_dir(spec.policy_dir, device=device)
+    except lc.PolicyLoadError as e:
+        raise SkillConfigError(f"skill {spec.name!r}: {e}") from e
+    cfg = bundle.config
+    if sorted(bundle.cameras) != sorted(spec.cameras):
+        raise SkillConfigError(
+            f"{ctx}: the policy reads cameras {bundle.cameras}, the entry declares {list(spec.cameras)}"
+        )
+    if bundle.state_dim != len(spec.state_joints):
+        raise SkillConfigError(
+            f"{ctx}: the policy's observation.state has {bundle.state_dim} values, the entry declares "
+            f"{len(spec.state_joints)} state joints {list(spec.state_joints)}"
+        )
+    if bundle.action_dim != len(spec.action_joints):
+        raise SkillConfigError(
+            f"{ctx}: the policy's action has {bundle.action_dim} values, the entry declares "
+            f"{len(spec.action_joints)} action joints {list(spec.action_joints)}"
+        )
+    names = bundle.meta.get("state_names")
+    if names and list(names) != list(spec.state_joints):
+        raise SkillConfigError(
+            f"{ctx}: the policy was trained on state joints {names}, the entry declares "
+            f"{list(spec.state_joints)}"
+        )
+    wants_instruction = spec.instruction != "none"
+    if wants_instruction != (bundle.instruction_dim > 0):
+        raise SkillConfigError(
+            f"{ctx}: entry says instruction={spec.instruction!r} but the policy has "
+            f"{'an' if bundle.instruction_dim else 'no'} instruction input (observation.environment_state)"
+        )
+    if wants_instruction and bundle.meta.get("instruction_encoding", "hashed_bow") != spec.instruction:
+        raise SkillConfigError(
+            f"{ctx}: policy was trained with instruction encoding "
+            f"{bundle.meta.get('instruction_encoding')!r}, entry says {spec.instruction!r}"
+        )
+    if spec.chunk_length and spec.chunk_length != cfg.horizon:
+        raise SkillConfigError(
+            f"{ctx}: chunk_length {spec.chunk_length} != the policy's horizon {cfg.horizon}"
+        )
+    max_steps = cfg.horizon - cfg.n_obs_steps + 1
+    if spec.n_action_steps > max_steps:
+        raise SkillConfigError(
+            f"{ctx}: n_action_steps {spec.n_action_steps} > horizon - n_obs_steps + 1 = {max_steps}"
+        )
+    cfg.n_action_steps = spec.n_action_steps
+    bundle.set_inference_steps(spec.denoising_steps)
+    period = spec.step_period_s or 1.0 / float(bundle.meta.get("fps", 30))
+    final = SkillSpec(**{**spec.__dict__, "step_period_s": period, "chunk_length": cfg.horizon})
+    log.info(
+        "loaded skill %s from %s (%d parameters)",
+        spec.name,
+        spec.policy_dir,
+        sum(p.numel() for p in bundle.policy.parameters()),
+    )
+    return Skill(spec=final, bundle=bundle)

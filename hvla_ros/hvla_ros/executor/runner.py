@@ -1,0 +1,253 @@
+"""Receding-horizon execution of one skill (plain Python, clock-agnostic).
+
+One :class:`SkillRunner` per subtask attempt. The caller (the executor node, a test, the
+evaluation loop) feeds it observations and the current time; it answers with
+:class:`PlannedChunk` objects::
+
+    history (n_obs_steps observations, oldest first) --policy--> chunk a_t .. a_t+n-1 (n x D)
+
+Timing: the policy predicts actions for the time of the newest observation onwards, so step k of
+a chunk is stamped ``newest.stamp + k * step_period`` (the diffusion-policy real-robot convention:
+whatever inference latency has eaten of the chunk's head is stale and dropped downstream). A chunk
+holds ``n_action_steps`` steps (fewer for the last one); the next chunk is due when the current
+one has been executed up to the expected inference latency (:meth:`SkillRunner.next_due`).
+The subtask horizon is a step budget: ``round(horizon_s / step_period)`` steps in all.
+
+A stale newest observation (older than ``max_obs_age_s``) raises
+:class:`StaleObservationError` and produces no chunk. The ``hold`` skill (``observe``) repeats the
+current joint positions.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections import deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from hvla_ros.executor.instruction import DEFAULT_DIM, encode_instruction
+from hvla_ros.executor.library import Skill
+
+
+class StaleObservationError(RuntimeError):
+    """The newest observation is too old to act on; no chunk was produced."""
+
+
+class ObservationError(ValueError):
+    """An observation that does not fit the skill (missing camera or joint, bad image)."""
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What the skill sees at one instant.
+
+    ``images``: camera -> H x W x 3 uint8 RGB (the *filtered* images); ``joints``: joint name ->
+    position (rad); ``stamp``: seconds on the caller's clock (the oldest of the parts' stamps).
+    """
+
+    stamp: float
+    images: Mapping[str, np.ndarray]
+    joints: Mapping[str, float]
+
+
+@dataclass(frozen=True)
+class PlannedChunk:
+    """One action chunk: ``positions`` is T x D joint targets; step k executes at start + k*period."""
+
+    skill: str
+    index: int
+    start_time: float
+    step_period: float
+    joint_names: tuple[str, ...]
+    positions: np.ndarray
+
+    @property
+    def num_steps(self) -> int:
+        return int(self.positions.shape[0])
+
+    @property
+    def end_time(self) -> float:
+        """Time just after the last step (when the next chunk should take over)."""
+        return self.start_time + self.num_steps * self.step_period
+
+
+class ObservationBuffer:
+    """Thread-safe ring buffer of recent observations; picks a history spaced by the step period."""
+
+    def __init__(self, maxlen: int = 32):
+        self._obs: deque[Observation] = deque(maxlen=maxlen)
+        self._lock = threading.Lock()
+
+    def add(self, obs: Observation) -> None:
+        with self._lock:
+            if self._obs and obs.stamp < self._obs[-1].stamp:
+                return  # out of order: keep the buffer monotonic
+            self._obs.append(obs)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._obs.clear()
+
+    def latest(self) -> Observation | None:
+        with self._lock:
+            return self._obs[-1] if self._obs else None
+
+    def history(self, n: int, period: float) -> list[Observation]:
+        """``n`` observations, oldest first, nearest to ``newest - (n-1-k) * period`` (k = 0..n-1).
+
+        Repeats the oldest available one when the buffer does not reach back far enough (the
+        policy saw the same padding at episode starts in training).
+        """
+        with self._lock:
+            obs = list(self._obs)
+        if not obs:
+            return []
+        newest = obs[-1].stamp
+        out = []
+        for k in range(n):
+            target = newest - (n - 1 - k) * period
+            out.append(min(obs, key=lambda o, t=target: abs(o.stamp - t)))  # type: ignore[misc]
+        return out
+
+
+def policy_inputs(skill: Skill, obs: Observation, instruction_vec: np.ndarray | None) -> dict[str, object]:
+    """Feature dict (unbatched torch tensors) for ``skill``'s policy from one observation."""
+    import cv2
+    import torch
+
+    from hvla_ros import lerobot_compat as lc
+
+    bundle = skill.bundle
+    _, h, w = bundle.image_shape
+    out: dict[str, object] = {}
+    for cam in skill.spec.cameras:
+        img = obs.images.get(cam)
+        if img is None:
+            raise ObservationError(
+                f"skill {skill.name!r} needs camera {cam!r}; observation has {sorted(obs.images)}"
+            )
+        if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
+            raise ObservationError(f"camera {cam!r}: expected H x W x 3 uint8, got {img.shape} {img.dtype}")
+        if img.shape[:2] != (h, w):
+            img = cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA)
+        out[lc.image_key(cam)] = (
+            torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).float().div_(255.0)
+        )
+    out[lc.STATE_KEY] = torch.from_numpy(joint_vector(obs, skill.spec.state_joints))
+    if instruction_vec is not None:
+        out[lc.INSTRUCTION_KEY] = torch.from_numpy(instruction_vec)
+    return out
+
+
+def joint_vector(obs: Observation, names: Sequence[str]) -> np.ndarray:
+    missing = [n for n in names if n not in obs.joints]
+    if missing:
+        raise ObservationError(f"joint state lacks {missing}; has {sorted(obs.joints)}")
+    return np.array([obs.joints[n] for n in names], dtype=np.float32)
+
+
+class SkillRunner:
+    """Runs one subtask attempt with ``skill``: a step budget, chunk counter and stamping."""
+
+    def __init__(
+        self, skill: Skill, instruction: str, horizon_s: float | None = None, *, max_obs_age_s: float = 0.5
+    ):
+        spec = skill.spec
+        self.skill = skill
+        self.instruction = instruction
+        self.step_period = spec.step_period_s
+        horizon = horizon_s if horizon_s and horizon_s > 0 else spec.default_horizon_s
+        self.horizon_s = horizon
+        self.horizon_steps = max(1, round(horizon / self.step_period))
+        self.max_obs_age_s = max_obs_age_s
+        self.steps_planned = 0
+        self.chunks_planned = 0
+        self.last_chunk: PlannedChunk | None = None
+        self._instruction_vec: np.ndarray | None = None
+        if not spec.is_hold and skill.bundle.instruction_dim > 0:
+            self._instruction_vec = encode_instruction(
+                instruction, skill.bundle.instruction_dim or DEFAULT_DIM
+            )
+
+    @property
+    def n_obs_steps(self) -> int:
+        return 1 if self.skill.spec.is_hold else int(self.skill.bundle.config.n_obs_steps)
+
+    @property
+    def joint_names(self) -> tuple[str, ...]:
+        return self.skill.spec.action_joints
+
+    @property
+    def remaining_steps(self) -> int:
+        return self.horizon_steps - self.steps_planned
+
+    @property
+    def done(self) -> bool:
+        return self.remaining_steps <= 0
+
+    @property
+    def progress(self) -> float:
+        return min(1.0, self.steps_planned / self.horizon_steps)
+
+    def next_due(self, expected_latency_s: float = 0.0) -> float:
+        """Time at which to start predicting the next chunk (-inf before the first)."""
+        if self.last_chunk is None:
+            return -math.inf
+        return self.last_chunk.end_time - expected_latency_s
+
+    def check_fresh(self, obs: Observation | None, now: float) -> Observation:
+        """The observation if it is fresh enough, else :class:`StaleObservationError`."""
+        if obs is None:
+            raise StaleObservationError("no observation received yet (filtered images and joint states)")
+        age = now - obs.stamp
+        if age > self.max_obs_age_s:
+            raise StaleObservationError(
+                f"newest observation is {age:.3f} s old (limit {self.max_obs_age_s:.3f} s); not predicting"
+            )
+        return obs
+
+    def next_chunk(self, history: Sequence[Observation], now: float) -> PlannedChunk:
+        """Predict the next chunk from ``history`` (oldest first; the newest must be fresh)."""
+        if self.done:
+            raise RuntimeError(
+                f"skill {self.skill.name!r}: horizon of {self.horizon_steps} steps already planned"
+            )
+        newest = self.check_fresh(history[-1] if history else None, now)
+        n = min(self.skill.spec.n_action_steps, self.remaining_steps)
+        if self.skill.spec.is_hold:
+            # Hold where the arm was when the subtask started: repeated targets, no drift.
+            base = (
+                self.last_chunk.positions[-1]
+                if self.last_chunk is not None
+                else joint_vector(newest, self.joint_names).astype(np.float64)
+            )
+            positions = np.repeat(base[None, :], n, axis=0)
+        else:
+            positions = self._predict(history)[:n]
+        chunk = PlannedChunk(
+            skill=self.skill.name,
+            index=self.chunks_planned,
+            start_time=newest.stamp,
+            step_period=self.step_period,
+            joint_names=self.joint_names,
+            positions=np.ascontiguousarray(positions, dtype=np.float64),
+        )
+        self.steps_planned += chunk.num_steps
+        self.chunks_planned += 1
+        self.last_chunk = chunk
+        return chunk
+
+    def _predict(self, history: Sequence[Observation]) -> np.ndarray:
+        from hvla_ros import lerobot_compat as lc
+
+        k = self.n_obs_steps
+        hist = list(history)[-k:]
+        hist = [hist[0]] * (k - len(hist)) + hist
+        inputs = [policy_inputs(self.skill, o, self._instruction_vec) for o in hist]
+        actions = lc.predict_chunk(self.skill.bundle, inputs).numpy()
+        if not np.all(np.isfinite(actions)):
+            raise FloatingPointError(f"skill {self.skill.name!r} produced non-finite actions")
+        return actions.astype(np.float64)
