@@ -113,6 +113,7 @@ class SimRunner:
         self.on_success = on_success
         self._lock = threading.RLock()
         self._stop = threading.Event()
+        self._render_ready = threading.Event()  # the render thread's GL contexts exist
         self._threads: list[threading.Thread] = []
         self._clock_offset = 0.0
         self._generation = 0  # bumped when the world object is replaced
@@ -271,8 +272,8 @@ class SimRunner:
     def run_steps(self, n: int) -> None:
         """Run ``n`` control steps as fast as possible with lockstep cameras (tests, recording)."""
         for _ in range(int(n)):
-            self.step_control()
             self.render_due_lockstep()
+            self.step_control()
 
     # ------------------------------------------------------------------ threads
     def start(self) -> None:
@@ -280,6 +281,7 @@ class SimRunner:
         if self._threads:
             return
         self._stop.clear()
+        self._render_ready.clear()
         self._threads = [threading.Thread(target=self._physics_loop, name="sim-physics", daemon=True)]
         if self.config.real_time_factor > 0 and self.cameras and self.config.camera_rate_hz > 0:
             self._threads.append(threading.Thread(target=self._render_loop, name="sim-render", daemon=True))
@@ -295,13 +297,17 @@ class SimRunner:
 
     def _physics_loop(self) -> None:
         rtf = self.config.real_time_factor
+        if len(self._threads) > 1:
+            # Creating GL contexts takes a while; start the clock once the cameras can render.
+            self._render_ready.wait(30.0)
         anchor_wall, anchor_sim = time.monotonic(), self.clock
         try:
             while not self._stop.is_set():
-                self.step_control()
                 if rtf <= 0:
                     self.render_due_lockstep()
+                    self.step_control()
                     continue
+                self.step_control()
                 now_sim = self.clock
                 if now_sim < anchor_sim:  # a reset re-anchors (the clock stays monotonic anyway)
                     anchor_wall, anchor_sim = time.monotonic(), now_sim
@@ -323,13 +329,21 @@ class SimRunner:
         rtf = self.config.real_time_factor
         try:
             while not self._stop.is_set():
+                if generation != self._generation:
+                    # Built outside the lock: creating a GL context takes long enough to stall
+                    # the physics.
+                    with self._lock:
+                        model, (h, w), gen = self.world.model, self.world.image_size, self._generation
+                    if renderer is not None:
+                        renderer.close()
+                    renderer = mujoco.Renderer(model, height=h, width=w)
+                    if self.config.ground_truth and self.cameras:
+                        with self._lock:  # warm the world's segmentation renderer up in this thread
+                            self.world.render_segmentation(self.cameras[0])
+                    generation = gen
+                    self._render_ready.set()
+                    continue
                 with self._lock:
-                    if generation != self._generation:
-                        if renderer is not None:
-                            renderer.close()
-                        h, w = self.world.image_size
-                        renderer = mujoco.Renderer(self.world.model, height=h, width=w)
-                        generation = self._generation
                     now = self.clock
                     due = self._due_cameras(now, drop=True)
                     wait = min((c.next_due for c in self._cam_clock.values()), default=now + 0.1) - now
@@ -349,6 +363,7 @@ class SimRunner:
             _log.exception("render loop failed; cameras have stopped")
             raise
         finally:
+            self._render_ready.set()
             if renderer is not None:
                 renderer.close()
 
