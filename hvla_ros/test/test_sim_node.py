@@ -219,13 +219,21 @@ def test_single_arm_follows_trajectories_and_holds_on_bad_ones(single_sim, log_p
     _wait_at(probe, "shoulder_pan", -0.3)
 
     # Reset to the parameters' task/seed: the arm goes home, /clock keeps increasing.
+    from rclpy.parameter import Parameter
+    from rclpy.parameter_client import AsyncParameterClient
     from std_srvs.srv import Trigger
 
+    params = AsyncParameterClient(probe.node, "sim")
+    assert params.wait_for_services(timeout_sec=10.0)
+    set_future = params.set_parameters([Parameter("seed", value=4)])
+    probe.spin_until(set_future.done, 10.0, "parameter seed set")
+    assert set_future.result().results[0].successful
     clock_before = probe.clock[-1]
     assert probe.reset_client.wait_for_service(timeout_sec=10.0)
     future = probe.reset_client.call_async(Trigger.Request())
     probe.spin_until(future.done, 15.0, "sim/reset response")
     assert future.result().success, future.result().message
+    assert "seed 4" in future.result().message
     probe.spin_for(0.5)
     assert probe.positions()["shoulder_pan"] == pytest.approx(0.0, abs=0.03)
     assert probe.clock[-1] > clock_before
