@@ -101,7 +101,8 @@ def main() -> int:
     frames = 5 if args.quick else 30
     run_s = 3.0 if args.quick else 10.0
 
-    figures: dict[str, object] = {"task": args.task}
+    # The machine may be shared: record its load next to the figures.
+    figures: dict[str, object] = {"task": args.task, "load_average_at_start": os.getloadavg()[0]}
     phys = physics_only(args.task, phys_s)
     figures["physics_only"] = phys
     print_table("physics only (baseline, 30 Hz control loop, no rendering)",
@@ -133,6 +134,9 @@ def main() -> int:
     print_table("2 cameras at 30 Hz (camera fps in wall time)",
                 ["size", "mode", "achieved rtf", "ratio to physics-only", "camera fps", "frames dropped"],
                 rows)
+    figures["load_average_at_end"] = os.getloadavg()[0]
+    print(f"\nload average (1 min) at start {figures['load_average_at_start']:.1f}, "
+          f"at end {figures['load_average_at_end']:.1f} on {os.cpu_count()} cores")
     write_result("sim", figures, notes="MuJoCo offscreen rendering on CPU (MUJOCO_GL="
                  f"{os.environ.get('MUJOCO_GL')}); quick={args.quick}")
     return 0

@@ -191,7 +191,7 @@ class SimNode(Node):
 
     def _log_stats(self) -> None:
         s = self.runner.stats()
-        cams = ", ".join(f"{c} {s[f'{c}_fps']:.1f} fps ({int(s[f'{c}_dropped'])} dropped)"
+        cams = ", ".join(f"{c} {s[f'{c}_fps']:.1f} fps ({int(s[f'{c}_dropped'])} dropped so far)"
                          for c in self.runner.cameras)
         self.get_logger().info(f"real-time factor {s['real_time_factor']:.2f}; cameras: {cams or 'none'}")
 
