@@ -2,7 +2,7 @@
 
 from glob import glob
 
-from setuptools import find_packages, setup
+from setuptools import find_namespace_packages, setup
 
 PACKAGE = "hvla_ros"
 NODES = ("sim", "planner", "perception", "executor", "refiner")
@@ -10,7 +10,8 @@ NODES = ("sim", "planner", "perception", "executor", "refiner")
 setup(
     name=PACKAGE,
     version="0.1.0",
-    packages=find_packages(exclude=["test"]),
+    # Namespace discovery also picks up the data-only folders (config/, description/, skills/).
+    packages=find_namespace_packages(include=[PACKAGE, f"{PACKAGE}.*"]),
     package_data={PACKAGE: ["py.typed", "config/*.yaml", "description/*", "assets/**/*", "skills/**/*"]},
     include_package_data=True,
     data_files=[

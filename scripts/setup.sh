@@ -83,7 +83,7 @@ if ! stamp_ok interfaces "$iface_hash" || ! "$PY" -c "import hvla_interfaces.msg
   # CMake's checks pass honestly instead of failing on paths that do not exist here.
   PY_INCLUDE="$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')"
   NP_INCLUDE="$("$PY" -c 'import numpy; print(numpy.get_include())')"
-  grep -rlF '/opt/python/cp' "$VENV/share" --include='*.cmake' 2>/dev/null \
+  { grep -rlF '/opt/python/cp' "$VENV/share" --include='*.cmake' 2>/dev/null || true; } \
     | xargs -r sed -i -E \
         -e "s#/opt/python/cp[0-9]+-cp[0-9]+/include/python[0-9.]+#${PY_INCLUDE}#g" \
         -e "s#/opt/python/cp[0-9]+-cp[0-9]+/lib/python[0-9.]+/site-packages/numpy/_?core/include#${NP_INCLUDE}#g"
@@ -109,7 +109,8 @@ fi
 pkg_hash="$(hash_of "$ROOT/hvla_ros/setup.py" "$ROOT/hvla_ros/setup.cfg" "$ROOT/hvla_ros/package.xml")-$deps_hash"
 if ! stamp_ok hvla_ros "$pkg_hash" || [[ ! -x "$VENV/bin/hvla" ]]; then
   say "installing hvla_ros (editable)"
-  "$PY" -m pip install "${PIP_FLAGS[@]}" --no-deps --no-build-isolation -e "$ROOT/hvla_ros" 2>&1 \
+  # (setuptools warns at length about editable installs in general; nothing actionable here)
+  PYTHONWARNINGS=ignore "$PY" -m pip install "${PIP_FLAGS[@]}" --no-deps --no-build-isolation -e "$ROOT/hvla_ros" 2>&1 \
     | grep -v '^WARNING: Location' || true
   [[ -x "$VENV/bin/hvla" ]] || die "hvla_ros installed but .venv/bin/hvla is missing"
   stamp_set hvla_ros "$pkg_hash"

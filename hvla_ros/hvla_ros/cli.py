@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 #: subcommand -> (module, one-line help). Modules provide add_arguments(parser) and run(args).
 COMMANDS: dict[str, tuple[str, str]] = {
+    "train-skill": ("hvla_ros.executor.cmd_train", "train a skill's diffusion policy from demonstrations"),
     "sim-eval-experts": ("hvla_ros.sim.cmd_eval_experts", "success rate of each sim task's scripted expert"),
     "gen-description": ("hvla_ros.description_gen", "write the ros2_control URDF/xacro and controllers YAML"),
     "record-demos": ("hvla_ros.sim.recorder", "record scripted-expert demonstrations to a LeRobotDataset"),
