@@ -9,7 +9,9 @@ from hvla_ros.sim.tasks.base import Expert, ExpertSubtask, Task
 from hvla_ros.sim.tasks.button_sequence import ButtonSequence
 from hvla_ros.sim.tasks.cube_in_box import CubeInBox
 from hvla_ros.sim.tasks.observe_then_pick import ObserveThenPick
+from hvla_ros.sim.tasks.pen_in_holder import PenInHolder
 from hvla_ros.sim.tasks.rank_by_trial import RankByTrial
+from hvla_ros.sim.tasks.rearrange_and_restore import RearrangeAndRestore
 from hvla_ros.sim.tasks.stack_blue_on_yellow import StackBlueOnYellow
 from hvla_ros.sim.tasks.try_until_fits import TryUntilFits
 
@@ -18,10 +20,12 @@ TASKS: dict[str, type[Task]] = {
     for cls in (
         CubeInBox,
         StackBlueOnYellow,
+        PenInHolder,
         ObserveThenPick,
         ButtonSequence,
         RankByTrial,
         TryUntilFits,
+        RearrangeAndRestore,
     )
 }
 

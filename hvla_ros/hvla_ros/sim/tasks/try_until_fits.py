@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import mujoco
 import numpy as np
 
-from hvla_ros.sim.expert import Commander
+from hvla_ros.sim.expert import Commander, up
 from hvla_ros.sim.scene import DARK, add_box, add_open_box
 from hvla_ros.sim.tasks.base import Expert, ExpertSubtask, Program, Task
 from hvla_ros.sim.tasks.common import inside_xy, is_grasped, released
@@ -106,7 +106,7 @@ class TryUntilFits(Task):
 
         def insert(slot: int) -> Program:
             def run():  # type: ignore[no-untyped-def]
-                goal = world.body_pos(slot_name(slot)) + [0.0, 0.0, SLOT_FLOOR + PEG_HALF[2] + 0.003]
+                goal = world.body_pos(slot_name(slot)) + up(SLOT_FLOOR + PEG_HALF[2] + 0.003)
                 yield from arm.place("peg", goal, carry=0.085, release_clearance=0.0,
                                      open_to=0.5)
             return run
