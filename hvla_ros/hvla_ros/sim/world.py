@@ -32,6 +32,9 @@ if TYPE_CHECKING:
 
 _log = logging.getLogger(__name__)
 
+#: A 3-vector or colour given as a list or an array.
+Vec = Sequence[float] | np.ndarray
+
 #: Segmentation id of pixels that show no object (background, sky).
 BACKGROUND_ID = 0
 
@@ -170,7 +173,7 @@ class SimWorld:
         m = self.data.body(name).xmat.reshape(3, 3)
         return float(np.arctan2(m[1, 0], m[0, 0]))
 
-    def set_free_pose(self, joint: str, pos: Sequence[float], yaw: float = 0.0) -> None:
+    def set_free_pose(self, joint: str, pos: Vec, yaw: float = 0.0) -> None:
         """Place a free-jointed object (at reset)."""
         adr = self.model.joint(joint).qposadr[0]
         self.data.qpos[adr:adr + 3] = pos
@@ -178,13 +181,13 @@ class SimWorld:
         dadr = self.model.joint(joint).dofadr[0]
         self.data.qvel[dadr:dadr + 6] = 0.0
 
-    def set_static_pose(self, body: str, pos: Sequence[float], yaw: float = 0.0) -> None:
+    def set_static_pose(self, body: str, pos: Vec, yaw: float = 0.0) -> None:
         """Move a static (world-attached) body (at reset)."""
         bid = self.model.body(body).id
         self.model.body_pos[bid] = pos
         self.model.body_quat[bid] = [np.cos(yaw / 2), 0.0, 0.0, np.sin(yaw / 2)]
 
-    def set_rgba(self, geom: str, rgba: Sequence[float]) -> None:
+    def set_rgba(self, geom: str, rgba: Vec) -> None:
         """Change a geom's colour at run time (cues, lamps)."""
         self.model.geom_rgba[self.model.geom(geom).id] = rgba
 
@@ -259,7 +262,7 @@ class SimWorld:
         fy = 0.5 * h / np.tan(np.deg2rad(fovy) / 2)
         return (float(fy), float(fy), w / 2.0, h / 2.0)
 
-    def project(self, camera: str, point: Sequence[float]) -> tuple[float, float]:
+    def project(self, camera: str, point: Vec) -> tuple[float, float]:
         """Pixel (u, v) of a world point in ``camera`` at ``image_size`` (u right, v down)."""
         cam = self.model.camera(camera).id
         rot = self.data.cam_xmat[cam].reshape(3, 3)
