@@ -210,6 +210,9 @@ def _wall_clock() -> Any:
 
 def main(args: Sequence[str] | None = None) -> int:
     """Entry point of ``sim_node``."""
+    from hvla_ros.sim.runner import default_gl_backend
+
+    default_gl_backend()
     return run_node(SimNode, args)
 
 

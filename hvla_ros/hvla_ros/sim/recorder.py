@@ -26,12 +26,14 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from hvla_ros import topics
-from hvla_ros.sim.world import SimWorld
+
+if TYPE_CHECKING:  # mujoco is imported late so default_gl_backend() can still pick the backend
+    from hvla_ros.sim.world import SimWorld
 
 _log = logging.getLogger(__name__)
 
@@ -186,6 +188,7 @@ def record_demos(
 ) -> RecordSummary:
     """Record ``episodes`` successful expert episodes of ``task`` into a new dataset at ``root``."""
     from hvla_ros.lerobot_compat import create_dataset, standard_features
+    from hvla_ros.sim.world import SimWorld
 
     if episodes < 1:
         raise ValueError(f"`episodes` must be >= 1. Got {episodes}.")
@@ -246,8 +249,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from hvla_ros.sim.runner import default_gl_backend
     from hvla_ros.sim.tasks import TASKS
 
+    default_gl_backend()
     if args.task not in TASKS:
         _log.error(f"unknown task {args.task!r}; known: {sorted(TASKS)}")
         return 2

@@ -23,18 +23,33 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import mujoco
 import numpy as np
 
 from hvla_ros.sim.trajectory import Trajectory, TrajectoryFollower, TrajectoryPoint
-from hvla_ros.sim.world import SimWorld
+
+if TYPE_CHECKING:  # mujoco is imported late so default_gl_backend() can still pick the backend
+    import mujoco
+
+    from hvla_ros.sim.world import SimWorld
 
 _log = logging.getLogger(__name__)
+
+
+def default_gl_backend() -> None:
+    """Render offscreen with EGL unless a display or an explicit ``MUJOCO_GL`` says otherwise.
+
+    Must run before mujoco creates its first renderer.
+    """
+    if "MUJOCO_GL" not in os.environ and not os.environ.get("DISPLAY"):
+        os.environ["MUJOCO_GL"] = "egl"
+        os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
 
 
 @dataclass(frozen=True)
@@ -172,11 +187,14 @@ class SimRunner:
 
         Raises ValueError for an unknown task or one that needs a different robot.
         """
+        from hvla_ros.sim.world import SimWorld
+
         with self._lock:
             offset = self.clock
             if task is not None and task != self.world.task.name:
                 new = SimWorld(task, seed=self.world.seed if seed is None else seed,
-                               image_size=self.world.image_size, render=self.world._render_enabled)
+                               image_size=self.world.image_size, cameras=self.world.camera_names,
+                               render=self.config.camera_rate_hz > 0)
                 if new.robot.name != self.robot.name:
                     new.close()
                     raise ValueError(f"task {task!r} needs robot {new.robot.name!r}; this simulator runs "
@@ -324,6 +342,8 @@ class SimRunner:
             raise
 
     def _render_loop(self) -> None:
+        import mujoco
+
         renderer: mujoco.Renderer | None = None
         generation = -1
         rtf = self.config.real_time_factor
