@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from hvla_ros.executor.library import SkillConfigError, SkillLibrary, UnknownSkillError
 from hvla_ros.robot import JOINTS
 
@@ -16,20 +15,35 @@ from hvla_ros.robot import JOINTS
 @pytest.fixture(scope="module")
 def policy_dir(tmp_path_factory) -> Path:
     import torch
-
     from hvla_ros.executor.training import save_untrained_policy
 
     torch.set_num_threads(1)
-    return save_untrained_policy(tmp_path_factory.mktemp("pol") / "pick", cameras=["front"], joint_names=JOINTS,
-                                 image_hw=(32, 40), down_dims=(16, 32, 64), backbone_stages=1)
+    return save_untrained_policy(
+        tmp_path_factory.mktemp("pol") / "pick",
+        cameras=["front"],
+        joint_names=JOINTS,
+        image_hw=(32, 40),
+        down_dims=(16, 32, 64),
+        backbone_stages=1,
+    )
 
 
 def _doc(policy: Path | str, **entry) -> dict:
-    return {"robot": "so101", "skills": {
-        "pick": {"description": "pick up", "policy": str(policy), "cameras": ["front"], "n_action_steps": 8,
-                 "default_horizon_s": 3.0, "denoising_steps": 3, **entry},
-        "observe": {"description": "hold", "policy": "hold", "default_horizon_s": 1.0},
-    }}
+    return {
+        "robot": "so101",
+        "skills": {
+            "pick": {
+                "description": "pick up",
+                "policy": str(policy),
+                "cameras": ["front"],
+                "n_action_steps": 8,
+                "default_horizon_s": 3.0,
+                "denoising_steps": 3,
+                **entry,
+            },
+            "observe": {"description": "hold", "policy": "hold", "default_horizon_s": 1.0},
+        },
+    }
 
 
 def test_loads_valid_library_with_policy_and_hold(policy_dir, tmp_path):
@@ -92,29 +106,38 @@ def test_corrupt_config(policy_dir, tmp_path):
         SkillLibrary.from_dict(_doc(broken))
 
 
-@pytest.mark.parametrize(("entry", "message"), [
-    ({"cameras": ["wrist"]}, r"policy reads cameras \['front'\], the entry declares \['wrist'\]"),
-    ({"cameras": ["front", "wrist"]}, r"policy reads cameras"),
-    ({"state_joints": list(JOINTS[:5])}, r"observation.state has 6 values, the entry declares 5"),
-    ({"action_joints": list(JOINTS[:4])}, r"action has 6 values, the entry declares 4"),
-    ({"instruction": "none"}, r"instruction='none' but the policy has an instruction input"),
-    ({"chunk_length": 32}, r"chunk_length 32 != the policy's horizon 16"),
-    ({"n_action_steps": 16}, r"n_action_steps 16 > horizon - n_obs_steps \+ 1 = 15"),
-])
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ({"cameras": ["wrist"]}, r"policy reads cameras \['front'\], the entry declares \['wrist'\]"),
+        ({"cameras": ["front", "wrist"]}, r"policy reads cameras"),
+        ({"state_joints": list(JOINTS[:5])}, r"observation.state has 6 values, the entry declares 5"),
+        ({"action_joints": list(JOINTS[:4])}, r"action has 6 values, the entry declares 4"),
+        ({"instruction": "none"}, r"instruction='none' but the policy has an instruction input"),
+        ({"chunk_length": 32}, r"chunk_length 32 != the policy's horizon 16"),
+        ({"n_action_steps": 16}, r"n_action_steps 16 > horizon - n_obs_steps \+ 1 = 15"),
+    ],
+)
 def test_observation_mismatch_is_a_clear_error(policy_dir, entry, message):
     with pytest.raises(SkillConfigError, match=message):
         SkillLibrary.from_dict(_doc(policy_dir, **entry))
 
 
-@pytest.mark.parametrize(("doc", "message"), [
-    ({"skills": {}}, "non-empty 'skills'"),
-    ({"robot": "r2d2", "skills": {"x": {"policy": "hold"}}}, "unknown robot 'r2d2'"),
-    ({"skills": {"x": {"policy": "hold", "speed": 3}}}, r"unknown keys \['speed'\]"),
-    ({"skills": {"x": {"policy": "p", "cameras": ["top"]}}}, r"cameras \['top'\] are not cameras"),
-    ({"skills": {"x": {"policy": "p", "cameras": ["front"], "state_joints": ["elbow"]}}}, r"joints \['elbow'\]"),
-    ({"skills": {"x": {"policy": "hold", "default_horizon_s": -1}}}, "must be >= 0.0"),
-    ({"skills": {"x": {"policy": None}}}, "'policy' must be"),
-])
+@pytest.mark.parametrize(
+    ("doc", "message"),
+    [
+        ({"skills": {}}, "non-empty 'skills'"),
+        ({"robot": "r2d2", "skills": {"x": {"policy": "hold"}}}, "unknown robot 'r2d2'"),
+        ({"skills": {"x": {"policy": "hold", "speed": 3}}}, r"unknown keys \['speed'\]"),
+        ({"skills": {"x": {"policy": "p", "cameras": ["top"]}}}, r"cameras \['top'\] are not cameras"),
+        (
+            {"skills": {"x": {"policy": "p", "cameras": ["front"], "state_joints": ["elbow"]}}},
+            r"joints \['elbow'\]",
+        ),
+        ({"skills": {"x": {"policy": "hold", "default_horizon_s": -1}}}, "must be >= 0.0"),
+        ({"skills": {"x": {"policy": None}}}, "'policy' must be"),
+    ],
+)
 def test_bad_entries_rejected_without_loading(doc, message):
     with pytest.raises(SkillConfigError, match=message):
         SkillLibrary.from_dict(doc, load_policies=False)

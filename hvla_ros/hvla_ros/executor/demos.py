@@ -212,11 +212,18 @@ def load_demos(
     return data
 
 
-def write_synthetic_dataset(root: Path | str, *, episodes: int = 2, frames: int = 24,
-                            cameras: Sequence[str] = ("front",), image_hw: tuple[int, int] = (48, 64),
-                            joint_names: Sequence[str] | None = None, fps: int = 30,
-                            tasks: Sequence[str] = ("pick up the red cube", "place the red cube in the box"),
-                            seed: int = 0) -> Path:
+def write_synthetic_dataset(
+    root: Path | str,
+    *,
+    episodes: int = 2,
+    frames: int = 24,
+    cameras: Sequence[str] = ("front",),
+    image_hw: tuple[int, int] = (48, 64),
+    joint_names: Sequence[str] | None = None,
+    fps: int = 30,
+    tasks: Sequence[str] = ("pick up the red cube", "place the red cube in the box"),
+    seed: int = 0,
+) -> Path:
     """A small LeRobotDataset with the recorder's layout, for tests and benchmarks.
 
     Each episode is split evenly into one segment per entry of ``tasks``; the images show a red
@@ -229,19 +236,24 @@ def write_synthetic_dataset(root: Path | str, *, episodes: int = 2, frames: int 
     names = list(joint_names or JOINTS)
     h, w = image_hw
     rng = np.random.default_rng(seed)
-    ds = lc.create_dataset(root, "local/synthetic", fps, lc.standard_features({c: (h, w) for c in cameras}, names))
+    ds = lc.create_dataset(
+        root, "local/synthetic", fps, lc.standard_features({c: (h, w) for c in cameras}, names)
+    )
     per_task = max(1, frames // len(tasks))
     for _ in range(episodes):
         q = rng.uniform(-0.5, 0.5, size=len(names)).astype(np.float32)
         goal = rng.uniform(-0.5, 0.5, size=len(names)).astype(np.float32)
         for f in range(frames):
             nxt = (q + 0.2 * (goal - q)).astype(np.float32)
-            frame: dict[str, object] = {lc.STATE_KEY: q.copy(), lc.ACTION_KEY: nxt,
-                                        "task": tasks[min(f // per_task, len(tasks) - 1)]}
+            frame: dict[str, object] = {
+                lc.STATE_KEY: q.copy(),
+                lc.ACTION_KEY: nxt,
+                "task": tasks[min(f // per_task, len(tasks) - 1)],
+            }
             for c in cameras:
                 img = np.full((h, w, 3), 40, dtype=np.uint8)
                 u = int((q[0] + 1) / 2 * (w - 8))
-                img[h // 2 - 4:h // 2 + 4, max(0, u):max(0, u) + 8] = (220, 30, 30)
+                img[h // 2 - 4 : h // 2 + 4, max(0, u) : max(0, u) + 8] = (220, 30, 30)
                 frame[lc.image_key(c)] = img
             ds.add_frame(frame)
             q = nxt

@@ -1,0 +1,146 @@
+"""Receding-horizon runner: chunk sizes and stamps, step budget, stale observations, hold skill."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+from hvla_ros.executor.instruction import encode_instruction, tokens
+from hvla_ros.executor.library import SkillLibrary
+from hvla_ros.executor.runner import (
+    Observation,
+    ObservationBuffer,
+    ObservationError,
+    SkillRunner,
+    StaleObservationError,
+)
+from hvla_ros.robot import HOME_POSITION, JOINTS, POSITION_LIMITS
+
+PERIOD = 1 / 30
+
+
+@pytest.fixture(scope="module")
+def library(tmp_path_factory) -> SkillLibrary:
+    import torch
+    from hvla_ros.executor.training import save_untrained_policy
+
+    torch.set_num_threads(1)
+    pol = save_untrained_policy(
+        tmp_path_factory.mktemp("pol") / "pick",
+        cameras=["front"],
+        joint_names=JOINTS,
+        image_hw=(32, 40),
+        down_dims=(16, 32, 64),
+        backbone_stages=1,
+    )
+    return SkillLibrary.from_dict(
+        {
+            "robot": "so101",
+            "skills": {
+                "pick": {"policy": str(pol), "cameras": ["front"], "n_action_steps": 8, "denoising_steps": 2},
+                "observe": {"policy": "hold", "n_action_steps": 5, "default_horizon_s": 0.5},
+            },
+        }
+    )
+
+
+def _obs(t: float, shape=(48, 64, 3), joints=None) -> Observation:
+    img = np.random.default_rng(int(t * 1000)).integers(0, 255, shape, dtype=np.uint8)
+    return Observation(stamp=t, images={"front": img}, joints=dict(joints or HOME_POSITION))
+
+
+def test_receding_horizon_chunks_and_stamps(library):
+    r = SkillRunner(library.get("pick"), "pick up the red cube", horizon_s=20 * PERIOD)
+    assert r.horizon_steps == 20 and r.n_obs_steps == 2
+    buf = ObservationBuffer()
+    chunks = []
+    t = 1.0
+    while not r.done:
+        buf.add(_obs(t - PERIOD))
+        buf.add(_obs(t))
+        assert r.next_due(0.05) <= t + 1e-9  # due: the previous chunk has (nearly) run out
+        chunks.append(r.next_chunk(buf.history(r.n_obs_steps, r.step_period), now=t + 0.01))
+        t = chunks[-1].end_time
+    assert [c.num_steps for c in chunks] == [8, 8, 4]  # n_action_steps each, last one cut at the horizon
+    assert [c.index for c in chunks] == [0, 1, 2]
+    assert chunks[0].start_time == pytest.approx(1.0)  # stamped at the newest observation
+    for a, b in itertools.pairwise(chunks):
+        assert b.start_time == pytest.approx(a.end_time)
+    assert r.progress == 1.0 and r.steps_planned == 20
+    for c in chunks:
+        assert c.joint_names == JOINTS and c.positions.shape == (c.num_steps, 6)
+        lo = np.array([POSITION_LIMITS[j][0] for j in JOINTS])
+        hi = np.array([POSITION_LIMITS[j][1] for j in JOINTS])
+        assert np.all(c.positions >= lo - 1e-6) and np.all(c.positions <= hi + 1e-6)
+    with pytest.raises(RuntimeError, match="horizon"):
+        r.next_chunk(buf.history(2, PERIOD), now=t)
+
+
+def test_next_due_waits_for_the_running_chunk(library):
+    r = SkillRunner(library.get("pick"), "pick up the red cube", horizon_s=2.0)
+    c = r.next_chunk([_obs(0.0), _obs(PERIOD)], now=PERIOD)
+    assert r.next_due(0.1) == pytest.approx(c.end_time - 0.1)
+    assert r.next_due(0.1) > PERIOD
+
+
+def test_stale_observation_gives_no_chunk(library):
+    r = SkillRunner(library.get("pick"), "pick up the red cube", horizon_s=1.0, max_obs_age_s=0.2)
+    with pytest.raises(StaleObservationError, match=r"0\.500 s old \(limit 0\.200 s\)"):
+        r.next_chunk([_obs(0.0), _obs(0.5)], now=1.0)
+    with pytest.raises(StaleObservationError, match="no observation"):
+        r.next_chunk([], now=1.0)
+    assert r.chunks_planned == 0 and r.steps_planned == 0 and r.last_chunk is None
+    assert r.next_chunk([_obs(0.9), _obs(0.95)], now=1.0).index == 0  # fresh again: chunk 0
+
+
+def test_bad_observations_are_rejected(library):
+    r = SkillRunner(library.get("pick"), "pick up the red cube", horizon_s=1.0)
+    no_cam = Observation(stamp=1.0, images={"wrist": np.zeros((8, 8, 3), np.uint8)}, joints=HOME_POSITION)
+    with pytest.raises(ObservationError, match="needs camera 'front'"):
+        r.next_chunk([no_cam], now=1.0)
+    with pytest.raises(ObservationError, match=r"lacks \['gripper'\]"):
+        r.next_chunk([_obs(1.0, joints={j: 0.0 for j in JOINTS[:5]})], now=1.0)
+    with pytest.raises(ObservationError, match="H x W x 3 uint8"):
+        r.next_chunk([_obs(1.0, shape=(48, 64))], now=1.0)
+
+
+def test_images_of_any_size_are_resized_to_the_policy_input(library):
+    r = SkillRunner(library.get("pick"), "pick up the red cube", horizon_s=1.0)
+    assert r.next_chunk([_obs(1.0, shape=(480, 640, 3))], now=1.0).num_steps == 8
+
+
+def test_observe_holds_the_starting_pose(library):
+    r = SkillRunner(library.get("observe"), "watch the cue", horizon_s=0)  # 0 -> default 0.5 s
+    assert r.horizon_steps == 15
+    start = {**HOME_POSITION, "shoulder_pan": 0.3}
+    chunks = [r.next_chunk([_obs(0.0, joints=start)], now=0.0)]
+    moved = {**start, "shoulder_pan": 0.6}  # drift of the measured state must not move the target
+    while not r.done:
+        chunks.append(r.next_chunk([_obs(chunks[-1].end_time, joints=moved)], now=chunks[-1].end_time))
+    assert [c.num_steps for c in chunks] == [5, 5, 5]
+    for c in chunks:
+        assert np.allclose(c.positions, [start[j] for j in JOINTS])
+
+
+def test_buffer_history_spacing_and_padding():
+    buf = ObservationBuffer()
+    assert buf.history(2, PERIOD) == []
+    buf.add(_obs(1.0))
+    assert [o.stamp for o in buf.history(2, PERIOD)] == [1.0, 1.0]  # padded with the oldest
+    for k in range(1, 6):
+        buf.add(_obs(1.0 + k * 0.01))  # 100 Hz images, 30 Hz policy
+    buf.add(_obs(0.5))  # out of order: ignored
+    hist = buf.history(2, PERIOD)
+    assert hist[-1].stamp == pytest.approx(1.05)
+    assert hist[0].stamp == pytest.approx(1.02)  # nearest to 1.05 - 1/30
+
+
+def test_instruction_encoding_is_stable_and_separates_colours():
+    red, blue = encode_instruction("pick up the red cube"), encode_instruction("Pick up the BLUE cube!")
+    assert red.shape == (16,) and red.dtype == np.float32
+    assert np.linalg.norm(red) == pytest.approx(1.0)
+    assert not np.allclose(red, blue)
+    assert np.allclose(red, encode_instruction("pick up red cube"))  # function words ignored
+    assert tokens("Place the cube, then press") == ["place", "cube", "press"]
+    assert not np.any(encode_instruction(""))
