@@ -128,7 +128,8 @@ def run(args: argparse.Namespace) -> int:
         return 2
     size_mb = result.weights_bytes / 1e6
     print(
-        f"trained {args.skill!r}: {result.steps} steps, loss {result.mean_loss_last_100:.4f} (mean of last 100), "
+        f"trained {args.skill!r}: {result.steps} steps, "
+        f"loss {result.mean_loss_last_100:.4f} (mean of last 100), "
         f"{result.frames} frames in {result.segments} segments, {result.seconds:.0f} s this run, "
         f"weights {size_mb:.1f} MB -> {args.out}"
     )
