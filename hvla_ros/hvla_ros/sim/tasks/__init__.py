@@ -9,6 +9,7 @@ from hvla_ros.sim.tasks.base import Expert, ExpertSubtask, Task
 from hvla_ros.sim.tasks.button_sequence import ButtonSequence
 from hvla_ros.sim.tasks.cube_in_box import CubeInBox
 from hvla_ros.sim.tasks.observe_then_pick import ObserveThenPick
+from hvla_ros.sim.tasks.open_drawer import OpenDrawer
 from hvla_ros.sim.tasks.pen_in_holder import PenInHolder
 from hvla_ros.sim.tasks.rank_by_trial import RankByTrial
 from hvla_ros.sim.tasks.rearrange_and_restore import RearrangeAndRestore
@@ -21,6 +22,7 @@ TASKS: dict[str, type[Task]] = {
         CubeInBox,
         StackBlueOnYellow,
         PenInHolder,
+        OpenDrawer,
         ObserveThenPick,
         ButtonSequence,
         RankByTrial,
