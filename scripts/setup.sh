@@ -109,8 +109,11 @@ fi
 pkg_hash="$(hash_of "$ROOT/hvla_ros/setup.py" "$ROOT/hvla_ros/setup.cfg" "$ROOT/hvla_ros/package.xml")-$deps_hash"
 if ! stamp_ok hvla_ros "$pkg_hash" || [[ ! -x "$VENV/bin/hvla" ]]; then
   say "installing hvla_ros (editable)"
+  # compat mode puts the source folder on sys.path (a .pth file), so the package resolves to
+  # the real one even when the repository root (which has a hvla_ros/ folder) is the cwd.
   # (setuptools warns at length about editable installs in general; nothing actionable here)
-  PYTHONWARNINGS=ignore "$PY" -m pip install "${PIP_FLAGS[@]}" --no-deps --no-build-isolation -e "$ROOT/hvla_ros" 2>&1 \
+  PYTHONWARNINGS=ignore "$PY" -m pip install "${PIP_FLAGS[@]}" --no-deps --no-build-isolation \
+    --config-settings editable_mode=compat -e "$ROOT/hvla_ros" 2>&1 \
     | grep -v '^WARNING: Location' || true
   [[ -x "$VENV/bin/hvla" ]] || die "hvla_ros installed but .venv/bin/hvla is missing"
   stamp_set hvla_ros "$pkg_hash"

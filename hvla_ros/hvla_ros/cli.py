@@ -14,6 +14,8 @@ from collections.abc import Sequence
 
 #: subcommand -> (module, one-line help). Modules provide add_arguments(parser) and run(args).
 COMMANDS: dict[str, tuple[str, str]] = {
+    "up": ("hvla_ros.cmd_up", "start the graph of bringup.launch.py (each node its own process)"),
+    "demo": ("hvla_ros.cmd_up", "run the embedded default end to end: simulated SO-101, goal, report"),
     "train-skill": ("hvla_ros.executor.cmd_train", "train a skill's diffusion policy from demonstrations"),
     "sim-eval-experts": ("hvla_ros.sim.cmd_eval_experts", "success rate of each sim task's scripted expert"),
     "gen-description": ("hvla_ros.description_gen", "write the ros2_control URDF/xacro and controllers YAML"),

@@ -31,8 +31,8 @@ def _normalize(name: str) -> str:
 
 def _requirement_names(path: Path) -> set[str]:
     names = set()
-    for line in path.read_text().splitlines():
-        line = line.split("#", 1)[0].strip()
+    for raw in path.read_text().splitlines():
+        line = raw.split("#", 1)[0].strip()
         if line:
             names.add(_normalize(re.split(r"[<>=!~\[; ]", line, maxsplit=1)[0]))
     return names

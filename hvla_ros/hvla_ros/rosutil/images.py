@@ -41,10 +41,8 @@ def to_image_msg(array: np.ndarray, encoding: str, header=None) -> Image:
     elif arr.ndim == 3 and arr.shape[2] == channels:
         h, w = arr.shape[:2]
     else:
-        raise ImageConversionError(
-            f"encoding {encoding!r} needs shape (H, W{', %d' % channels if channels > 1 else ''}), "
-            f"got {arr.shape}"
-        )
+        wanted = "(H, W)" if channels == 1 else f"(H, W, {channels})"
+        raise ImageConversionError(f"encoding {encoding!r} needs shape {wanted}, got {arr.shape}")
     msg = Image()
     if header is not None:
         msg.header = header

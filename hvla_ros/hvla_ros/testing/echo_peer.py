@@ -10,6 +10,7 @@ Used by the interface round-trip tests (run it with ``python -m hvla_ros.testing
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 import sys
@@ -38,11 +39,9 @@ def interface_types(kind: str) -> dict[str, Any]:
     for name, obj in vars(module).items():
         if not inspect.isclass(obj) or name.startswith("_"):
             continue
-        if kind == "msg" and hasattr(obj, "get_fields_and_field_types"):
-            out[name] = obj
-        elif kind == "srv" and hasattr(obj, "Request") and hasattr(obj, "Response"):
-            out[name] = obj
-        elif kind == "action" and hasattr(obj, "Goal") and hasattr(obj, "Feedback"):
+        markers = {"msg": ("get_fields_and_field_types",), "srv": ("Request", "Response"),
+                   "action": ("Goal", "Feedback")}[kind]
+        if all(hasattr(obj, m) for m in markers):
             out[name] = obj
     return out
 
@@ -81,11 +80,10 @@ class EchoPeer(Node):
             pub = self.create_publisher(cls, f"echo/out/{name}", COMMAND_QOS)
             self._keep.append(pub)
             self._keep.append(self.create_subscription(
-                cls, f"echo/in/{name}", lambda m, p=pub: p.publish(m), COMMAND_QOS, callback_group=group))
+                cls, f"echo/in/{name}", pub.publish, COMMAND_QOS, callback_group=group))
         for name, srv in interface_types("srv").items():
             self._keep.append(self.create_service(
-                srv, f"echo/srv/{name}", lambda req, resp, s=srv: self._on_request(s, req, resp),
-                callback_group=group))
+                srv, f"echo/srv/{name}", functools.partial(self._on_request, srv), callback_group=group))
         for name, act in interface_types("action").items():
             self._keep.append(ActionServer(
                 self, act, f"echo/action/{name}",
@@ -131,7 +129,12 @@ def main() -> int:
     # Exit when the parent closes our stdin, so a killed test run never leaves us behind.
     # (The reader thread only sets a flag: shutting rclpy down under a spinning executor aborts.)
     stdin_closed = threading.Event()
-    threading.Thread(target=lambda: (sys.stdin.read(), stdin_closed.set()), daemon=True).start()
+
+    def wait_for_eof() -> None:
+        sys.stdin.read()
+        stdin_closed.set()
+
+    threading.Thread(target=wait_for_eof, daemon=True).start()
     print("ready", flush=True)
     try:
         while not stdin_closed.is_set():

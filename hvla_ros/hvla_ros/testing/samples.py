@@ -96,7 +96,7 @@ def _value(t: Any, variant: str, index: int, depth: int) -> Any:
     raise TypeError(f"unsupported field type {t!r}")
 
 
-def make_sample(cls: type, variant: str = "full", *, seed: int = 0, _depth: int = 0) -> Any:
+def make_sample(cls: Any, variant: str = "full", *, seed: int = 0, _depth: int = 0) -> Any:
     """An instance of message class ``cls`` with every field set according to ``variant``."""
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
