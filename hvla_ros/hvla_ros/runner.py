@@ -63,7 +63,7 @@ def node_command(graph: Graph, spec: NodeSpec, params_file: Path) -> list[str]:
     cmd = [executable_path(spec), "--ros-args", "-r", f"__node:={spec.name}",
            "--params-file", str(params_file), "--log-level", graph.log_level]
     if graph.namespace:
-        cmd[3:3] = ["-r", f"__ns:=/{graph.namespace}"]
+        cmd[2:2] = ["-r", f"__ns:=/{graph.namespace}"]
     return cmd
 
 
