@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 import yaml
-from hvla_ros.runner import node_command, params_document
 
 from hvla_ros import graph as g
+from hvla_ros.runner import node_command, params_document
 
 LAUNCH_FILE = Path(__file__).resolve().parents[1] / "launch" / "bringup.launch.py"
 
