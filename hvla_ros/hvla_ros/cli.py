@@ -16,6 +16,13 @@ from collections.abc import Sequence
 COMMANDS: dict[str, tuple[str, str]] = {
     "up": ("hvla_ros.cmd_up", "start the graph of bringup.launch.py (each node its own process)"),
     "demo": ("hvla_ros.cmd_up", "run the embedded default end to end: simulated SO-101, goal, report"),
+    "record": ("hvla_ros.cmd_bag", "record topics of a running graph to a rosbag2 MCAP bag"),
+    "replay": ("hvla_ros.cmd_bag", "play a bag into the graph; optionally compare predicted vs recorded actions"),
+    "status": ("hvla_ros.cmd_ops", "print the running plan and its progress"),
+    "pause": ("hvla_ros.cmd_ops", "pause the running episode (the arm holds between chunks)"),
+    "resume": ("hvla_ros.cmd_ops", "resume a paused episode"),
+    "estop": ("hvla_ros.cmd_ops", "engage or release the emergency stop"),
+    "cancel": ("hvla_ros.cmd_ops", "cancel the running goal"),
     "train-skill": ("hvla_ros.executor.cmd_train", "train a skill's diffusion policy from demonstrations"),
     "sim-eval-experts": ("hvla_ros.sim.cmd_eval_experts", "success rate of each sim task's scripted expert"),
     "gen-description": ("hvla_ros.description_gen", "write the ros2_control URDF/xacro and controllers YAML"),
