@@ -108,6 +108,7 @@ class ArmIK:
         want = np.array([np.cos(jaw_yaw), np.sin(jaw_yaw), 0.0])
         if cur @ want < 0:
             jaw_yaw += np.pi
+            tilt = -tilt  # same approach direction with the jaws swapped
         r_des = self.top_down_rotation(jaw_yaw, tilt)
         jp = np.zeros((3, model.nv))
         jr = np.zeros((3, model.nv))

@@ -33,11 +33,13 @@ SERVO_KV = 1.5
 TABLE_HALF = (0.30, 0.40, 0.02)
 TABLE_CENTER = (0.22, 0.0)
 
-#: Where the arm bases sit for each robot configuration: prefix -> (x, y, yaw).
+#: Where the arm bases sit for each robot configuration: prefix -> (x, y, yaw). The bimanual
+#: arms face each other across the table (left arm on +y looking towards -y), so an object can
+#: be passed between them along y.
 ARM_POSES: dict[str, tuple[float, float, float]] = {
     "": (0.0, 0.0, 0.0),
-    "left_": (0.0, 0.22, 0.0),
-    "right_": (0.0, -0.22, 0.0),
+    "left_": (0.20, 0.27, -np.pi / 2),
+    "right_": (0.20, -0.27, np.pi / 2),
 }
 
 COLORS: dict[str, tuple[float, float, float, float]] = {
@@ -143,11 +145,10 @@ def build_spec(robot: RobotSpec, config: SceneConfig | None = None) -> mujoco.Mj
     )
 
     if not single:
-        arm_spec = _load_arm_spec()
         for arm in robot.arms:
             x, y, yaw = ARM_POSES[arm.prefix]
             frame = world.add_frame(pos=[x, y, 0.0], quat=_quat_yaw(yaw))
-            spec.attach(arm_spec, prefix=arm.prefix, frame=frame)
+            spec.attach(_load_arm_spec(), prefix=arm.prefix, frame=frame)
     return spec
 
 

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 from hvla_ros.sim.tasks.base import Expert, ExpertSubtask, Task
+from hvla_ros.sim.tasks.bimanual_handover import BimanualHandover
 from hvla_ros.sim.tasks.button_sequence import ButtonSequence
 from hvla_ros.sim.tasks.cube_in_box import CubeInBox
 from hvla_ros.sim.tasks.observe_then_pick import ObserveThenPick
@@ -28,6 +29,7 @@ TASKS: dict[str, type[Task]] = {
         RankByTrial,
         TryUntilFits,
         RearrangeAndRestore,
+        BimanualHandover,
     )
 }
 

@@ -1,0 +1,150 @@
+"""bimanual_handover: "hand the cube from the left arm to the right arm and put it in the box".
+
+Robot ``so101_bimanual``: the two arms face each other across the table (left arm on +y). The
+cube starts on the left arm's side, the box on the right arm's side. The left arm picks the cube
+top-down and holds it up between the arms; the right arm takes it from the side (an approach
+tilted ``RIGHT_TILT`` from vertical, jaws on the two faces the left jaws also hold, below them);
+the left lets go; the right drops it into the box. Success: the cube rests in the box and was
+held by the right arm alone at some point (a real handover, not a push).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import mujoco
+import numpy as np
+
+from hvla_ros.robot import GRIPPER_OPEN
+from hvla_ros.sim.expert import SLOW_SPEED, Commander, up
+from hvla_ros.sim.scene import COLORS, GREY, add_box, add_open_box
+from hvla_ros.sim.tasks.base import Expert, ExpertSubtask, Task
+from hvla_ros.sim.tasks.common import arm_geoms, geoms_of_body, is_grasped, released, sample_positions, touching
+from hvla_ros.sim.tasks.cube_in_box import BOX_HEIGHT, BOX_INNER, box_geoms, in_box
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from hvla_ros.sim.world import SimWorld
+
+HALF = 0.021
+#: where the cube centre is held for the handover
+HANDOVER = np.array([0.20, 0.03, 0.058])
+RIGHT_TILT = 0.9
+RIGHT_GRASP = np.array([0.0, -0.010, -0.009])  # right grasp point relative to the cube centre
+
+
+def parallel(*programs: Iterator[None]) -> Iterator[None]:
+    """Run several arm programs side by side, one control step each per step."""
+    running = list(programs)
+    while running:
+        still = []
+        for p in running:
+            try:
+                next(p)
+                still.append(p)
+            except StopIteration:
+                pass
+        running = still
+        if running:
+            yield
+
+
+class BimanualHandover(Task):
+    name = "bimanual_handover"
+    goal = "hand the cube from the left arm to the right arm and put it in the box"
+    kind = "bimanual"
+    robot_name = "so101_bimanual"
+
+    def __init__(self) -> None:
+        self.handed = False
+
+    def build(self, spec: mujoco.MjSpec) -> None:
+        add_box(spec, "cube", (HALF, HALF, HALF), COLORS["red"], (0.2, 0.1, HALF), free=True, mass=0.03,
+                friction=1.2)
+        add_open_box(spec, "box", BOX_INNER, BOX_HEIGHT, GREY)
+
+    def bind(self, world: SimWorld) -> None:
+        self._cube = geoms_of_body(world.model, "cube")
+        self._left = arm_geoms(world, "left_")
+        self._steps = 0
+
+    def segmentation_objects(self) -> dict[str, list[str]]:
+        return {"cube": ["cube"], "box": box_geoms()}
+
+    def reset(self, world: SimWorld, rng: np.random.Generator) -> None:
+        (cube,) = sample_positions(rng, 1, [0.03], x_range=(0.16, 0.24), y_range=(0.06, 0.10), max_radius=None)
+        (box,) = sample_positions(rng, 1, [0.06], x_range=(0.17, 0.23), y_range=(-0.12, -0.09),
+                                  max_radius=None)
+        world.set_free_pose("cube", [*cube, HALF], rng.uniform(-0.4, 0.4))
+        world.set_static_pose("box", [*box, 0.0], rng.uniform(-0.2, 0.2))
+        self.handed = False
+        self._steps = 0
+
+    def update(self, world: SimWorld) -> None:
+        self._steps += 1
+        if self.handed or self._steps % 8:
+            return
+        if is_grasped(world, "cube", "right_") and not touching(world, self._cube, self._left):
+            self.handed = True
+
+    def subtasks(self) -> list[ExpertSubtask]:
+        return [
+            ExpertSubtask("pick", "pick up the cube with the left arm", arm="left"),
+            ExpertSubtask("handover", "hand the cube to the right arm", arm="both"),
+            ExpertSubtask("place", "place the cube in the box", arm="right"),
+        ]
+
+    def success(self, world: SimWorld) -> bool:
+        return self.handed and in_box(world, "cube")
+
+    def subtask_success(self, world: SimWorld, index: int) -> bool:
+        self._check_index(index)
+        if index == 0:
+            return is_grasped(world, "cube", "left_") and world.body_pos("cube")[2] > HALF + 0.03
+        if index == 1:
+            return is_grasped(world, "cube", "right_") and released(world, "cube", ["left_"])
+        return self.success(world)
+
+    def expert(self, world: SimWorld) -> Expert:
+        cmd = Commander(world)
+        left, right = cmd.arm("left"), cmd.arm("right")
+        approach = np.array([0.0, np.sin(RIGHT_TILT), -np.cos(RIGHT_TILT)])
+
+        def pick() -> Iterator[None]:
+            yield from left.pick("cube", HALF, grasp_depth=0.007, lift=0.075)
+
+        def handover() -> Iterator[None]:
+            offset = left.measured_grasp_point() - world.body_pos("cube")
+            yield from parallel(
+                left.move(HANDOVER + offset, 0.0, speed=SLOW_SPEED),
+                right.set_gripper(GRIPPER_OPEN, 0.3),
+            )
+            yield from left.hold(0.2)
+            cube = world.body_pos("cube")
+            grasp = cube + RIGHT_GRASP
+            yield from right.move(grasp - 0.07 * approach, 0.0, tilt=RIGHT_TILT)
+            yield from right.move(grasp - 0.015 * approach, speed=SLOW_SPEED)
+            cube = world.body_pos("cube")
+            yield from right.move(cube + RIGHT_GRASP, speed=SLOW_SPEED * 0.5)
+            yield from right.hold(0.15)
+            yield from right.set_gripper(-0.1, 0.35)
+            yield from right.hold(0.2)
+            yield from left.set_gripper(GRIPPER_OPEN, 0.3)
+            p = left.point
+            yield from left.move(p + up(0.04), speed=SLOW_SPEED)
+            p = left.point
+            yield from left.move(p + np.array([0.0, 0.06, 0.0]))
+
+        def place() -> Iterator[None]:
+            offset = right.measured_grasp_point() - world.body_pos("cube")
+            goal = world.body_pos("box") + up(BOX_HEIGHT + HALF + 0.012)
+            yield from right.move(goal + offset + up(0.02))
+            yield from right.move(goal + offset, speed=SLOW_SPEED)
+            yield from right.hold(0.1)
+            yield from right.set_gripper(GRIPPER_OPEN, 0.3)
+            yield from right.hold(0.2)
+            p = right.point
+            yield from right.move(p - 0.05 * approach, speed=SLOW_SPEED)
+
+        return Expert(cmd, self.subtasks(), [pick, handover, place])
