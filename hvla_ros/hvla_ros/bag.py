@@ -191,9 +191,13 @@ class ReplayStats:
 
 def replay(node: Any, messages: Sequence[BagMessage], *, rate: float = 1.0,
            remap: Mapping[str, str] | None = None, should_stop: Callable[[], bool] = lambda: False,
-           qos: Any = None) -> ReplayStats:
-    """Publish ``messages`` (serialized) on ``node``; ``rate`` 0 means as fast as possible."""
-    from hvla_ros.rosutil.qos import IMAGE_QOS
+           qos: Any = None, wait_for_subscribers_s: float = 0.0) -> ReplayStats:
+    """Publish ``messages`` (serialized) on ``node``; ``rate`` 0 means as fast as possible.
+
+    With ``wait_for_subscribers_s`` > 0, playback starts once every topic has a subscriber (or
+    that many seconds passed), so the first messages are not published into the void.
+    """
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
 
     if rate < 0:
         raise ValueError(f"rate must be >= 0 (0: as fast as possible), got {rate}")
@@ -202,10 +206,14 @@ def replay(node: Any, messages: Sequence[BagMessage], *, rate: float = 1.0,
     for m in messages:
         out = remap.get(m.topic, m.topic)
         if out not in publishers:
-            publishers[out] = node.create_publisher(message_class(m.type_name), out, qos or IMAGE_QOS)
+            publishers[out] = node.create_publisher(
+                message_class(m.type_name), out, qos or QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE))
     stats = ReplayStats()
     if not messages:
         return stats
+    deadline = time.monotonic() + wait_for_subscribers_s
+    while time.monotonic() < deadline and not all(p.get_subscription_count() for p in publishers.values()):
+        time.sleep(0.05)
     t0_bag = messages[0].timestamp_ns
     t0 = time.monotonic()
     for m in messages:

@@ -39,6 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--map", action="append", default=[], metavar="FROM:=TO",
                         help="publish topic FROM under the name TO (repeatable)")
     parser.add_argument("--topics", nargs="*", default=None, help="only these recorded topics")
+    parser.add_argument("--wait-for-subscribers", type=float, default=5.0, metavar="SECONDS",
+                        help="start once every topic has a subscriber, or after this long (default 5)")
     parser.add_argument("--subtask", default="", metavar="SKILL:INSTRUCTION",
                         help="execute this subtask on the replayed data and compare its actions")
     parser.add_argument("--report", type=Path, default=None,
@@ -113,7 +115,8 @@ def _replay(node: Any, args: argparse.Namespace) -> int:
         if args.subtask:
             comparison = ChunkComparison(node, args.subtask)
             comparison.start(timeout=30.0)
-        stats = replay(node, messages, rate=args.rate, remap=remap)
+        stats = replay(node, messages, rate=args.rate, remap=remap,
+                       wait_for_subscribers_s=args.wait_for_subscribers)
         print(f"[hvla] published {stats.published} messages"
               + (f", lateness p99 {np.percentile(stats.lateness_ms, 99):.1f} ms" if stats.lateness_ms else ""),
               flush=True)
