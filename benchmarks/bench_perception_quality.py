@@ -23,6 +23,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import print_table, write_result
+
 from hvla_ros.perception import Box, MaskPropagator, make_segmenter
 
 SKIP = ("table", "arm")

@@ -43,8 +43,6 @@ def perception_process():
 
 
 def test_node_filters_reports_and_survives_bad_input(rclpy_context, perception_process):
-    from hvla_ros.rosutil.images import from_image_msg, to_image_msg
-    from hvla_ros.rosutil.qos import IMAGE_QOS, LATCHED_QOS, STATE_QOS
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.node import Node
     from sensor_msgs.msg import Image
@@ -52,6 +50,8 @@ def test_node_filters_reports_and_survives_bad_input(rclpy_context, perception_p
     from hvla_interfaces.msg import PerceptionStatus, PixelBox, Subtask
     from hvla_interfaces.srv import Segment
     from hvla_ros import topics
+    from hvla_ros.rosutil.images import from_image_msg, to_image_msg
+    from hvla_ros.rosutil.qos import IMAGE_QOS, LATCHED_QOS, STATE_QOS
 
     node = Node("perception_test", context=rclpy_context)
     ex = SingleThreadedExecutor(context=rclpy_context)

@@ -24,23 +24,19 @@ def apply_mask(image: np.ndarray, mask: np.ndarray, fill: str = "zero", *,
         raise ValueError(f"fill must be one of {list(FILL_MODES)}, got {fill!r}")
     if mask.shape != image.shape[:2]:
         raise ValueError(f"mask shape {mask.shape} does not match image shape {image.shape[:2]}")
-    m = mask.astype(bool, copy=False)
+    m8 = mask.view(np.uint8) if mask.dtype == bool else mask.astype(np.uint8, copy=False)
+    keep = cv2.compare(m8, 0, cv2.CMP_EQ)  # 255 where the pixel is kept
     if out is None:
-        out = image.copy()
-    else:
-        np.copyto(out, image)
-    if not m.any():
-        return out
-    if fill == "zero":
-        out[m] = 0
+        out = np.empty_like(image)
+    if fill == "zero":  # I * (1 - Q)
+        out.fill(0)
     elif fill == "mean":
-        keep = ~m
-        colour = image[keep].mean(axis=0) if keep.any() else np.zeros(image.shape[2:])
-        out[m] = np.round(colour).astype(image.dtype)
+        colour = cv2.mean(image, mask=keep)[: (image.shape[2] if image.ndim == 3 else 1)]
+        out[...] = np.round(np.array(colour)).astype(image.dtype)
     else:
         h, w = image.shape[:2]
         small = cv2.resize(image, (max(1, w // 8), max(1, h // 8)), interpolation=cv2.INTER_AREA)
         small = cv2.GaussianBlur(small, (0, 0), sigmaX=3.0)
-        blurred = cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
-        out[m] = blurred[m]
+        out[...] = cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR).reshape(out.shape)
+    cv2.copyTo(image, keep, out)
     return out
