@@ -7,7 +7,8 @@ export ROS_AUTOMATIC_DISCOVERY_RANGE ?= LOCALHOST
 export MUJOCO_GL ?= egl
 export PYOPENGL_PLATFORM ?= egl
 
-.PHONY: help setup test lint typecheck pytest demo bench lock clean
+
+.PHONY: help setup test-tools test lint typecheck pytest demo bench lock clean
 
 help:
 	@echo "make setup  - create .venv with ROS 2 Jazzy wheels + pinned stack, build interfaces (idempotent)"
@@ -27,7 +28,10 @@ typecheck: setup
 pytest: setup
 	$(PY) -m pytest hvla_ros/test $(PYTEST_ARGS)
 
-test: setup lint typecheck pytest
+test-tools:
+	@bash scripts/setup.sh --test-tools
+
+test: test-tools lint typecheck pytest
 
 demo: setup
 	$(VENV)/bin/hvla demo $(DEMO_ARGS)

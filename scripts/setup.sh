@@ -4,8 +4,12 @@
 # with rosidl and installed into the venv, and hvla_ros installed in editable mode.
 #
 # Idempotent: each stage records a hash of its inputs and is skipped when nothing changed.
-# Usage: scripts/setup.sh            (from anywhere; VENV=... overrides the location)
+# Usage: scripts/setup.sh [--test-tools]   (from anywhere; VENV=... overrides the location)
+#   --test-tools  also install what the test suite needs beyond Python (headless Chromium, to
+#                 check that episode reports render)
 set -euo pipefail
+TEST_TOOLS=0
+[[ "${1:-}" == "--test-tools" ]] && TEST_TOOLS=1
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${VENV:-$ROOT/.venv}"
@@ -50,6 +54,16 @@ if ! ldconfig -p 2>/dev/null | grep -q 'libEGL.so.1' || ! ls /usr/lib/*/dri/swra
       || die "apt-get could not install libegl1 libegl-mesa0 libgl1-mesa-dri"
   else
     die "offscreen rendering needs EGL + Mesa: install libegl1 libegl-mesa0 libgl1-mesa-dri (or your distro's equivalents)"
+  fi
+fi
+
+if [[ "$TEST_TOOLS" == 1 ]] && ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null; then
+  if [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null; then
+    say "installing headless Chromium for the report tests (apt-get)"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null \
+      || die "apt-get could not install chromium"
+  else
+    say "note: chromium is not installed; the report-rendering test will be skipped (apt-get install chromium)"
   fi
 fi
 
