@@ -25,6 +25,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import print_table, write_result
+
 from hvla_ros.sim.runner import RunnerConfig, SimRunner
 from hvla_ros.sim.world import SimWorld
 

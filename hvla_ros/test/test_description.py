@@ -7,9 +7,9 @@ import xml.etree.ElementTree as ET
 
 import pytest
 import yaml
-from hvla_ros.robot import JOINTS, POSITION_LIMITS, ROBOTS, VELOCITY_LIMITS, so101_assets_dir
 
 from hvla_ros import description_gen
+from hvla_ros.robot import JOINTS, POSITION_LIMITS, ROBOTS, VELOCITY_LIMITS, so101_assets_dir
 
 DESC = description_gen.DESCRIPTION_DIR
 XACRO_NS = "{http://www.ros.org/wiki/xacro}"

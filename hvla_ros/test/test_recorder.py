@@ -6,9 +6,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hvla_ros.robot import SO101
 
 from hvla_ros import topics
+from hvla_ros.robot import SO101
 
 H, W = 32, 40
 

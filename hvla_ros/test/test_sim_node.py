@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hvla_ros.robot import SO101, SO101_BIMANUAL
 
 import hvla_ros
 from hvla_ros import topics
+from hvla_ros.robot import SO101, SO101_BIMANUAL
 
 pytestmark = pytest.mark.ros
 
@@ -48,7 +48,6 @@ class Probe:
     """A test-side node: subscribes to the sim's outputs, publishes trajectories."""
 
     def __init__(self, context, robot, cameras: tuple[str, ...]) -> None:
-        from hvla_ros.rosutil.qos import COMMAND_QOS, IMAGE_QOS, LATCHED_QOS, STATE_QOS
         from rclpy.executors import SingleThreadedExecutor
         from rclpy.node import Node
         from rclpy.qos import QoSProfile, ReliabilityPolicy
@@ -57,6 +56,8 @@ class Probe:
         from std_msgs.msg import Bool
         from std_srvs.srv import Trigger
         from trajectory_msgs.msg import JointTrajectory
+
+        from hvla_ros.rosutil.qos import COMMAND_QOS, IMAGE_QOS, LATCHED_QOS, STATE_QOS
 
         self.node = Node("sim_probe", context=context)
         self.executor = SingleThreadedExecutor(context=context)
@@ -240,12 +241,7 @@ def test_single_arm_follows_trajectories_and_holds_on_bad_ones(single_sim, log_p
 
 
 def test_bimanual_controllers_share_one_code_path(rclpy_context, log_path):
-    from hvla_ros.sim.tasks import TASKS
-
-    bimanual = [t for t, cls in TASKS.items() if cls.robot_name == "so101_bimanual"]
-    if not bimanual:
-        pytest.skip("no bimanual task in the suite yet")
-    proc = _start_sim(bimanual[0], log_path, "-p", "real_time_factor:=1.0")
+    proc = _start_sim("bimanual_handover", log_path, "-p", "real_time_factor:=1.0")
     probe = Probe(rclpy_context, SO101_BIMANUAL, SO101_BIMANUAL.cameras)
     try:
         _wait_ready(probe, proc, log_path)

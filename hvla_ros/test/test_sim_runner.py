@@ -6,6 +6,7 @@ import time
 
 import numpy as np
 import pytest
+
 from hvla_ros.robot import SO101
 from hvla_ros.sim.runner import RunnerConfig, SimRunner
 from hvla_ros.sim.trajectory import TrajectoryPoint, TrajectoryRejected

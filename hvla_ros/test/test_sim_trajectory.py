@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+
 from hvla_ros.robot import HOME_POSITION, JOINTS, POSITION_LIMITS, SO101_BIMANUAL
 from hvla_ros.sim.trajectory import (
     TrajectoryFollower,

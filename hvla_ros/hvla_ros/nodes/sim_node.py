@@ -161,16 +161,26 @@ class SimNode(Node):
         return response
 
     # ------------------------------------------------------------------ outputs (sim threads)
+    def _publish(self, pub: Any, msg: Any) -> None:
+        """Publish from a sim thread; quietly skip once the context is shutting down (Ctrl-C)."""
+        if not self.context.ok():
+            return
+        try:
+            pub.publish(msg)
+        except Exception:
+            if self.context.ok():
+                raise
+
     def _publish_state(self, state: Any) -> None:
         stamp = _stamp(state.time)
-        self._clock_pub.publish(Clock(clock=stamp))
+        self._publish(self._clock_pub, Clock(clock=stamp))
         msg = JointState()
         msg.header.stamp = stamp
         msg.name = list(state.names)
         msg.position = state.positions.tolist()
         msg.velocity = state.velocities.tolist()
         msg.effort = state.efforts.tolist()
-        self._joint_pub.publish(msg)
+        self._publish(self._joint_pub, msg)
 
     def _publish_frame(self, frame: Any) -> None:
         header = Header(stamp=_stamp(frame.time), frame_id=f"{frame.camera}_optical_frame")
@@ -181,13 +191,13 @@ class SimNode(Node):
         info.k = [fx, 0.0, cx, 0.0, fy, cy, 0.0, 0.0, 1.0]
         info.r = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
         info.p = [fx, 0.0, cx, 0.0, 0.0, fy, cy, 0.0, 0.0, 0.0, 1.0, 0.0]
-        self._image_pubs[frame.camera].publish(img)
-        self._info_pubs[frame.camera].publish(info)
+        self._publish(self._image_pubs[frame.camera], img)
+        self._publish(self._info_pubs[frame.camera], info)
         if frame.segmentation is not None and frame.camera in self._seg_pubs:
-            self._seg_pubs[frame.camera].publish(to_image_msg(frame.segmentation, "32SC1", header))
+            self._publish(self._seg_pubs[frame.camera], to_image_msg(frame.segmentation, "32SC1", header))
 
     def _publish_success(self, ok: bool) -> None:
-        self._success_pub.publish(Bool(data=bool(ok)))
+        self._publish(self._success_pub, Bool(data=bool(ok)))
 
     def _log_stats(self) -> None:
         s = self.runner.stats()

@@ -250,9 +250,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from hvla_ros.sim.runner import default_gl_backend
+
+    default_gl_backend()  # before anything imports mujoco
     from hvla_ros.sim.tasks import TASKS
 
-    default_gl_backend()
     if args.task not in TASKS:
         _log.error(f"unknown task {args.task!r}; known: {sorted(TASKS)}")
         return 2
