@@ -117,3 +117,20 @@ def test_model_is_compiled_with_the_real_so101_meshes(world):
     meshes = {world.model.mesh(i).name for i in range(world.model.nmesh)}
     assert "sts3215_03a_v1" in meshes and "moving_jaw_so101_v1" in meshes
     assert world.model.opt.integrator == mujoco.mjtIntegrator.mjINT_IMPLICITFAST
+
+
+def test_visual_meshes_are_light_copies_and_collision_keeps_the_originals(world):
+    from hvla_ros.robot import so101_assets_dir
+    from hvla_ros.sim.meshes import VISUAL_CELL, decimated_mesh, read_binary_stl
+
+    path = so101_assets_dir() / "assets" / "upper_arm_so101_v1.stl"
+    verts, faces = read_binary_stl(path)
+    light_v, light_f = decimated_mesh(str(path))
+    assert len(light_f) * 10 < len(faces)
+    assert np.allclose(light_v.min(0), verts.min(0), atol=VISUAL_CELL)
+    assert np.allclose(light_v.max(0), verts.max(0), atol=VISUAL_CELL)
+    m = world.model
+    for g in range(m.ngeom):
+        if m.geom_type[g] == mujoco.mjtGeom.mjGEOM_MESH:
+            name = m.mesh(m.geom_dataid[g]).name
+            assert name.endswith("_visual") == (m.geom_group[g] == 2), name

@@ -13,11 +13,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import mujoco
 import numpy as np
 
 from hvla_ros.robot import JOINTS, POSITION_LIMITS, RobotSpec, so101_assets_dir
+from hvla_ros.sim.meshes import decimated_mesh
 
 #: Physics step: 16 steps make one 30 Hz control period exactly.
 TIMESTEP = 1.0 / 480.0
@@ -66,6 +68,7 @@ def _load_arm_spec() -> mujoco.MjSpec:
     assets = so101_assets_dir()
     arm = mujoco.MjSpec.from_file(str(assets / "so101_new_calib.xml"))
     arm.meshdir = str(assets / "assets")
+    _use_light_visual_meshes(arm, assets / "assets")
     for name in _PAD_GEOMS:
         # The pads are the fingertip contact surfaces; without them a cube is pinched at two
         # mesh points and swings out of the jaws.
@@ -91,6 +94,20 @@ def _load_arm_spec() -> mujoco.MjSpec:
         fovy=75.0,
     )
     return arm
+
+
+def _use_light_visual_meshes(arm: mujoco.MjSpec, mesh_dir: Path) -> None:
+    """Point the visual geoms at decimated copies of their meshes (collision keeps the originals)."""
+    lod: dict[str, str] = {}
+    for mesh in list(arm.meshes):
+        verts, faces = decimated_mesh(str(mesh_dir / mesh.file))
+        light = arm.add_mesh(name=f"{mesh.name}_visual")
+        light.uservert = verts.astype(np.float32).ravel().tolist()
+        light.userface = faces.astype(np.int32).ravel().tolist()
+        lod[mesh.name] = light.name
+    for geom in arm.geoms:
+        if geom.type == mujoco.mjtGeom.mjGEOM_MESH and geom.group == 2 and geom.meshname in lod:
+            geom.meshname = lod[geom.meshname]
 
 
 @dataclass(frozen=True)
