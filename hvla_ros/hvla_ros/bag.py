@@ -183,6 +183,33 @@ def deserialize(message: BagMessage) -> Any:
     return deserialize_message(message.data, message_class(message.type_name))
 
 
+def header_stamp_ns(message: BagMessage) -> int | None:
+    """The header stamp of a serialized message whose first field is a std_msgs/Header, else None.
+
+    Read straight from the CDR bytes (4-byte encapsulation, then int32 sec and uint32 nanosec),
+    so replaying large images costs no deserialization.
+    """
+    if not _starts_with_header(message.type_name) or len(message.data) < 12:
+        return None
+    little = message.data[1] in (0x01, 0x03)  # CDR_LE / PL_CDR_LE
+    sec = int.from_bytes(message.data[4:8], "little" if little else "big", signed=True)
+    nanosec = int.from_bytes(message.data[8:12], "little" if little else "big", signed=False)
+    return sec * 1_000_000_000 + nanosec
+
+
+_HEADER_FIRST: dict[str, bool] = {}
+
+
+def _starts_with_header(type_name: str) -> bool:
+    if type_name not in _HEADER_FIRST:
+        try:
+            fields = message_class(type_name).get_fields_and_field_types()  # type: ignore[attr-defined]
+            _HEADER_FIRST[type_name] = next(iter(fields.values()), "") == "std_msgs/Header"
+        except BagError:
+            _HEADER_FIRST[type_name] = False
+    return _HEADER_FIRST[type_name]
+
+
 @dataclass
 class ReplayStats:
     published: int = 0
@@ -191,11 +218,13 @@ class ReplayStats:
 
 def replay(node: Any, messages: Sequence[BagMessage], *, rate: float = 1.0,
            remap: Mapping[str, str] | None = None, should_stop: Callable[[], bool] = lambda: False,
-           qos: Any = None, wait_for_subscribers_s: float = 0.0) -> ReplayStats:
+           qos: Any = None, wait_for_subscribers_s: float = 0.0, publish_clock: bool = False) -> ReplayStats:
     """Publish ``messages`` (serialized) on ``node``; ``rate`` 0 means as fast as possible.
 
     With ``wait_for_subscribers_s`` > 0, playback starts once every topic has a subscriber (or
     that many seconds passed), so the first messages are not published into the void.
+    With ``publish_clock``, /clock follows the recorded header stamps (never going backwards), so
+    nodes running with use_sim_time see the recording's time, as ``ros2 bag play --clock`` does.
     """
     from rclpy.qos import QoSProfile, ReliabilityPolicy
 
@@ -211,6 +240,14 @@ def replay(node: Any, messages: Sequence[BagMessage], *, rate: float = 1.0,
     stats = ReplayStats()
     if not messages:
         return stats
+    clock_pub = None
+    last_clock = -1
+    if publish_clock:
+        from rosgraph_msgs.msg import Clock
+
+        from hvla_ros import topics
+
+        clock_pub = node.create_publisher(Clock, topics.CLOCK, 10)
     deadline = time.monotonic() + wait_for_subscribers_s
     while time.monotonic() < deadline and not all(p.get_subscription_count() for p in publishers.values()):
         time.sleep(0.05)
@@ -225,6 +262,18 @@ def replay(node: Any, messages: Sequence[BagMessage], *, rate: float = 1.0,
             if delay > 0:
                 time.sleep(delay)
             stats.lateness_ms.append(max(0.0, time.monotonic() - due) * 1e3)
+        if clock_pub is not None:
+            stamp = header_stamp_ns(m)
+            if stamp is not None and stamp > last_clock:
+                last_clock = stamp
+                clock_pub.publish(_clock_msg(stamp))
         publishers[remap.get(m.topic, m.topic)].publish(m.data)
         stats.published += 1
     return stats
+
+
+def _clock_msg(stamp_ns: int) -> Any:
+    from builtin_interfaces.msg import Time
+    from rosgraph_msgs.msg import Clock
+
+    return Clock(clock=Time(sec=stamp_ns // 1_000_000_000, nanosec=stamp_ns % 1_000_000_000))

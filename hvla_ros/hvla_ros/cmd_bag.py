@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from hvla_ros import topics
-from hvla_ros.bag import BagError, BagMessage, deserialize, read_bag, replay
+from hvla_ros.bag import BagError, BagMessage, deserialize, header_stamp_ns, read_bag, replay
 
 log = logging.getLogger("hvla")
 
@@ -41,6 +41,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--topics", nargs="*", default=None, help="only these recorded topics")
     parser.add_argument("--wait-for-subscribers", type=float, default=5.0, metavar="SECONDS",
                         help="start once every topic has a subscriber, or after this long (default 5)")
+    parser.add_argument("--clock", action="store_true",
+                        help="publish /clock from the recorded header stamps (run the graph with use_sim_time)")
+    parser.add_argument("--box", action="append", default=[], metavar="CAMERA:X0,Y0,X1,Y1",
+                        help="distractor box sent to perception with --subtask (repeatable)")
     parser.add_argument("--subtask", default="", metavar="SKILL:INSTRUCTION",
                         help="execute this subtask on the replayed data and compare its actions")
     parser.add_argument("--report", type=Path, default=None,
@@ -113,10 +117,14 @@ def _replay(node: Any, args: argparse.Namespace) -> int:
     comparison = None
     try:
         if args.subtask:
-            comparison = ChunkComparison(node, args.subtask)
+            comparison = ChunkComparison(node, args.subtask, [_parse_box(b) for b in args.box])
+            if args.clock:  # the executor judges freshness on the recording's clock: start it first
+                first = next((s for s in map(header_stamp_ns, messages) if s is not None), None)
+                if first is not None:
+                    comparison.publish_clock(first)
             comparison.start(timeout=30.0)
         stats = replay(node, messages, rate=args.rate, remap=remap,
-                       wait_for_subscribers_s=args.wait_for_subscribers)
+                       wait_for_subscribers_s=args.wait_for_subscribers, publish_clock=args.clock)
         print(f"[hvla] published {stats.published} messages"
               + (f", lateness p99 {np.percentile(stats.lateness_ms, 99):.1f} ms" if stats.lateness_ms else ""),
               flush=True)
@@ -133,21 +141,46 @@ def _replay(node: Any, args: argparse.Namespace) -> int:
     return 0
 
 
-class ChunkComparison:
-    """Runs one subtask on the executor during a replay and collects its anchor chunks."""
+def _parse_box(text: str) -> Any:
+    from hvla_interfaces.msg import PixelBox
 
-    def __init__(self, node: Any, subtask: str) -> None:
-        from hvla_interfaces.msg import ActionChunk
-        from hvla_ros.rosutil.qos import COMMAND_QOS
+    try:
+        camera, coords = text.split(":", 1)
+        x0, y0, x1, y1 = (float(v) for v in coords.split(","))
+    except ValueError:
+        raise BagError(f"--box expects CAMERA:X0,Y0,X1,Y1, got {text!r}") from None
+    return PixelBox(camera=camera, x_min=x0, y_min=y0, x_max=x1, y_max=y1)
+
+
+class ChunkComparison:
+    """Runs one subtask on the executor during a replay and collects its anchor chunks.
+
+    The subtask also goes to perception (latched on the planner's subtask topic), as the planner
+    would send it, so the replayed images are masked with its distractor boxes.
+    """
+
+    def __init__(self, node: Any, subtask: str, boxes: list[Any] | None = None) -> None:
+        from rosgraph_msgs.msg import Clock
+
+        from hvla_interfaces.msg import ActionChunk, Subtask
+        from hvla_ros.rosutil.qos import COMMAND_QOS, LATCHED_QOS
 
         if ":" not in subtask:
             raise BagError(f"--subtask expects SKILL:INSTRUCTION, got {subtask!r}")
         self.skill, self.instruction = (s.strip() for s in subtask.split(":", 1))
+        self.boxes = list(boxes or [])
         self.node = node
         self.chunks: list[Any] = []
         self._lock = threading.Lock()
         node.create_subscription(ActionChunk, topics.ANCHOR_CHUNKS, self._on_chunk, COMMAND_QOS)
+        self._subtask_pub = node.create_publisher(Subtask, topics.CURRENT_SUBTASK, LATCHED_QOS)
+        self._clock_pub = node.create_publisher(Clock, topics.CLOCK, 10)
         self._goal_handle: Any = None
+
+    def publish_clock(self, stamp_ns: int) -> None:
+        from hvla_ros.bag import _clock_msg
+
+        self._clock_pub.publish(_clock_msg(stamp_ns))
 
     def _on_chunk(self, msg: Any) -> None:
         with self._lock:
@@ -164,9 +197,10 @@ class ChunkComparison:
         if not client.wait_for_server(timeout_sec=timeout):
             raise BagError("no executor is running (its ExecuteSubtask server did not appear); "
                            "start one, e.g. `hvla up hardware:=mock` or executor_node")
-        goal = ExecuteSubtask.Goal(subtask=Subtask(
-            episode_id="replay", subtask_id=0, attempt=1, instruction=self.instruction, skill=self.skill,
-            horizon=Duration(sec=3600)))
+        subtask = Subtask(episode_id="replay", subtask_id=0, attempt=1, instruction=self.instruction,
+                          skill=self.skill, horizon=Duration(sec=3600), distractor_boxes=self.boxes)
+        self._subtask_pub.publish(subtask)
+        goal = ExecuteSubtask.Goal(subtask=subtask)
         future = client.send_goal_async(goal)
         deadline = time.monotonic() + timeout
         while not future.done() and time.monotonic() < deadline:
