@@ -70,7 +70,7 @@ def test_replay_through_perception_and_executor(tmp_path: Path) -> None:
             [str(Path(sys.executable).parent / "hvla"), "replay", str(bag), "--rate", "1", "--clock",
              "--subtask", "pick:pick up the red cube", "--box", f"front:2,2,{W // 3},{H // 3}",
              "--report", str(report), "--wait-for-subscribers", "20"],
-            capture_output=True, text=True, timeout=240)
+            capture_output=True, text=True, timeout=240, check=False)
         logs = "\n".join(f"--- {n}\n{(tmp_path / f'{n}.log').read_text()[-3000:]}" for n in ("perception", "executor"))
         assert out.returncode == 0, out.stdout + out.stderr + logs
         result = json.loads(report.read_text())
