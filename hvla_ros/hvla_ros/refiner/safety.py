@@ -206,15 +206,23 @@ class SafetyFilter:
         try:
             cmd = self._accept(chunk, now)
         except ChunkRejected as exc:
-            self.counters.chunks_rejected += 1
-            self.counters.rejections[exc.code.name] = self.counters.rejections.get(exc.code.name, 0) + 1
-            self._note(exc.code, str(exc))
-            return self._hold(now)
+            return self.refuse(exc, now)
         self.counters.chunks_accepted += 1
         self.holding = False
         self._last_chunk_time = now
         self._last_chunk_start = float(chunk.stamps[0])
         return cmd
+
+    def refuse(self, exc: ChunkRejected, now: float) -> Command:
+        """Count a chunk refused before it could be built (e.g. by :meth:`Chunk.from_flat`); hold."""
+        self.counters.chunks_rejected += 1
+        self.counters.rejections[exc.code.name] = self.counters.rejections.get(exc.code.name, 0) + 1
+        self._note(exc.code, str(exc))
+        return self._hold(now)
+
+    def hold(self, now: float) -> Command:
+        """Hold where the arm is now (e.g. on deactivation)."""
+        return self._hold(now)
 
     def validate(self, chunk: Chunk) -> np.ndarray:
         """Rules 2-4: names, dims, stamps, NaN. Returns the column index of each chunk joint."""

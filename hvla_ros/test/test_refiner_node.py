@@ -1,0 +1,216 @@
+"""refiner_node in its own process over real DDS: chunks in, JointTrajectory out, holds."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+
+from hvla_ros import topics
+from hvla_ros.robot import HOME_POSITION, JOINTS, SO101, SO101_BIMANUAL
+
+pytestmark = pytest.mark.ros
+
+PERIOD = 1 / 30
+WATCHDOG = 0.3
+
+
+def _start_node(robot: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "hvla_ros.nodes.refiner_node", "--ros-args",
+         "-p", f"robot:={robot}", "-p", f"watchdog_timeout_s:={WATCHDOG}",
+         "-p", f"control_period_s:={PERIOD}", "-p", "latency_budget_s:=0.0"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _stop(proc: subprocess.Popen) -> str:
+    proc.terminate()
+    try:
+        out, _ = proc.communicate(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate(timeout=5)
+    return out or ""
+
+
+class Peer:
+    """The test's side of the graph: joint states, chunks, e-stop; records what comes out."""
+
+    def __init__(self, ctx, robot) -> None:
+        import rclpy
+        from rclpy.executors import SingleThreadedExecutor
+        from sensor_msgs.msg import JointState
+        from std_msgs.msg import Bool
+        from trajectory_msgs.msg import JointTrajectory
+
+        from hvla_interfaces.msg import ActionChunk, SafetyStatus
+        from hvla_interfaces.srv import SetEStop
+        from hvla_ros.rosutil.qos import COMMAND_QOS, STATE_QOS
+
+        self.robot = robot
+        self.node = rclpy.create_node("refiner_test_peer", context=ctx)
+        self.lock = threading.Lock()
+        self.trajs: dict[str, list] = {a.name: [] for a in robot.arms}
+        self.status: list = []
+        self.q = np.tile([HOME_POSITION[j] for j in JOINTS], len(robot.arms))
+        self.chunk_pub = self.node.create_publisher(ActionChunk, topics.ANCHOR_CHUNKS, COMMAND_QOS)
+        self.js_pub = self.node.create_publisher(JointState, topics.JOINT_STATES, STATE_QOS)
+        self.estop_pub = self.node.create_publisher(Bool, topics.ESTOP_TOPIC, COMMAND_QOS)
+        self.estop_cli = self.node.create_client(SetEStop, topics.SET_ESTOP_SERVICE)
+        for arm in robot.arms:
+            self.node.create_subscription(JointTrajectory, arm.trajectory_topic,
+                                          lambda m, a=arm.name: self._rec(self.trajs[a], m), COMMAND_QOS)
+        self.node.create_subscription(SafetyStatus, topics.SAFETY_STATUS, lambda m: self._rec(self.status, m),
+                                      STATE_QOS)
+        self.node.create_timer(0.02, self._publish_js)
+        self.executor = SingleThreadedExecutor(context=ctx)
+        self.executor.add_node(self.node)
+        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self.thread.start()
+
+    def _rec(self, store: list, msg) -> None:
+        with self.lock:
+            store.append((time.monotonic(), msg))
+
+    def _publish_js(self) -> None:
+        from sensor_msgs.msg import JointState
+
+        msg = JointState()
+        msg.header.stamp = self.node.get_clock().now().to_msg()
+        msg.name = list(self.robot.joint_names)
+        msg.position = [float(v) for v in self.q]
+        self.js_pub.publish(msg)
+
+    def now(self) -> float:
+        return self.node.get_clock().now().nanoseconds * 1e-9
+
+    def send_chunk(self, positions: np.ndarray, start: float, names=None, period: float = PERIOD) -> None:
+        from hvla_interfaces.msg import ActionChunk
+        from hvla_ros.nodes.refiner_node import to_duration, to_time
+
+        msg = ActionChunk()
+        msg.header.stamp = to_time(start)
+        msg.step_period = to_duration(period)
+        msg.joint_names = list(names or self.robot.joint_names)
+        msg.num_steps = positions.shape[0]
+        msg.positions = [float(v) for v in positions.ravel()]
+        msg.skill = "pick"
+        self.chunk_pub.publish(msg)
+
+    def wait_for(self, pred: Callable[[], object], timeout: float = 10.0):
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            with self.lock:
+                got = pred()
+            if got:
+                return got
+            time.sleep(0.01)
+        raise AssertionError("timed out waiting for the refiner node")
+
+    def clear(self) -> None:
+        with self.lock:
+            for v in self.trajs.values():
+                v.clear()
+            self.status.clear()
+
+    def close(self) -> None:
+        self.executor.shutdown(timeout_sec=2.0)
+        self.thread.join(timeout=5)
+        self.node.destroy_node()
+
+
+def _ready(peer: Peer) -> None:
+    assert peer.estop_cli.wait_for_service(timeout_sec=20.0), "refiner node did not come up"
+    peer.wait_for(lambda: peer.status)  # its timer runs and it sees our joint states
+
+
+def _seconds(stamp) -> float:
+    return stamp.sec + stamp.nanosec * 1e-9
+
+
+def test_chunks_nan_estop_and_watchdog_single_arm(rclpy_context):
+    proc = _start_node("so101")
+    peer = Peer(rclpy_context, SO101)
+    try:
+        _ready(peer)
+        # 1. a valid chunk -> JointTrajectory on arm_controller, every step at its stamp
+        start = peer.now() + 0.5  # far enough ahead that no step goes stale in transit
+        pos = peer.q[None, :] + 0.004 * np.arange(1, 9)[:, None]
+        peer.send_chunk(pos, start)
+        _, traj = peer.wait_for(lambda: peer.trajs["arm"] and peer.trajs["arm"][-1])
+        assert list(traj.joint_names) == list(SO101.joint_names)
+        assert len(traj.points) == 8
+        t0 = _seconds(traj.header.stamp)
+        for k, pt in enumerate(traj.points):
+            assert t0 + _seconds(pt.time_from_start) == pytest.approx(start + k * PERIOD, abs=1e-6)
+            np.testing.assert_allclose(pt.positions, pos[k], atol=1e-9)
+        # 2. NaN chunk -> refused, hold at the measured position within one period
+        peer.clear()
+        bad = pos.copy()
+        bad[2, 1] = np.nan
+        peer.send_chunk(bad, peer.now() + 0.5)
+        _, hold = peer.wait_for(lambda: peer.trajs["arm"] and peer.trajs["arm"][-1])
+        assert len(hold.points) == 1
+        np.testing.assert_allclose(hold.points[0].positions, peer.q, atol=1e-9)
+        assert list(hold.points[0].velocities) == [0.0] * 6
+        assert _seconds(hold.points[0].time_from_start) <= PERIOD + 1e-6
+        st = peer.wait_for(lambda: [m for _, m in peer.status if m.error_code == m.ERROR_NAN])[-1]
+        assert st.holding and st.chunks_rejected == 1 and "shoulder_lift" in st.error_msg
+        # 3. e-stop by service -> hold; chunks refused while engaged; released by topic
+        peer.clear()
+        from std_msgs.msg import Bool
+
+        from hvla_interfaces.srv import SetEStop
+
+        t_req = time.monotonic()
+        fut = peer.estop_cli.call_async(SetEStop.Request(engage=True, reason="test"))
+        resp = peer.wait_for(lambda: fut.done() and fut.result())
+        assert resp.engaged and resp.error_code == 0
+        t_hold, hold = peer.wait_for(lambda: peer.trajs["arm"] and peer.trajs["arm"][-1])
+        assert len(hold.points) == 1 and _seconds(hold.points[0].time_from_start) <= PERIOD + 1e-6
+        print(f"e-stop request -> hold received: {1e3 * (t_hold - t_req):.1f} ms")
+        peer.clear()
+        peer.send_chunk(pos, peer.now() + 0.5)
+        st = peer.wait_for(lambda: [m for _, m in peer.status if m.error_code == m.ERROR_ESTOP
+                                    and m.chunks_rejected == 2])[-1]
+        assert st.estop_engaged
+        peer.estop_pub.publish(Bool(data=False))
+        peer.wait_for(lambda: [m for _, m in peer.status if not m.estop_engaged])
+        # 4. watchdog: a long chunk, then silence -> hold after watchdog_timeout
+        peer.clear()
+        long = peer.q[None, :] + 0.001 * np.arange(1, 61)[:, None]
+        t_sent = time.monotonic()
+        peer.send_chunk(long, peer.now() + 0.5)
+        peer.wait_for(lambda: peer.trajs["arm"] and len(peer.trajs["arm"][-1][1].points) == 60)
+        t_hold, hold = peer.wait_for(lambda: [x for x in peer.trajs["arm"] if len(x[1].points) == 1]
+                                     and next(x for x in peer.trajs["arm"] if len(x[1].points) == 1))
+        assert t_hold - t_sent >= WATCHDOG - 0.05
+        st = peer.wait_for(lambda: [m for _, m in peer.status if m.error_code == m.ERROR_WATCHDOG])[-1]
+        assert st.holding
+    finally:
+        peer.close()
+        out = _stop(proc)
+    assert "Traceback" not in out, out
+
+
+def test_bimanual_chunk_splits_per_controller(rclpy_context):
+    proc = _start_node("so101_bimanual")
+    peer = Peer(rclpy_context, SO101_BIMANUAL)
+    try:
+        _ready(peer)
+        start = peer.now() + 0.5
+        pos = peer.q[None, :] + 0.003 * np.arange(1, 6)[:, None]
+        peer.send_chunk(pos, start)
+        for arm, cols in (("left", slice(0, 6)), ("right", slice(6, 12))):
+            _, traj = peer.wait_for(lambda a=arm: peer.trajs[a] and peer.trajs[a][0])  # [1] is the watchdog's
+            assert list(traj.joint_names) == list(SO101_BIMANUAL.arm(arm).joint_names)
+            np.testing.assert_allclose([p.positions for p in traj.points], pos[:, cols], atol=1e-9)
+    finally:
+        peer.close()
+        out = _stop(proc)
+    assert "Traceback" not in out, out
