@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hvla_ros.refiner.safety import Chunk, SafetyConfig, SafetyError, SafetyFilter
-from hvla_ros.robot import HOME_POSITION, JOINTS, POSITION_LIMITS, SO101, SO101_BIMANUAL, VELOCITY_LIMITS
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+
+from hvla_ros.refiner.safety import Chunk, SafetyConfig, SafetyError, SafetyFilter
+from hvla_ros.robot import HOME_POSITION, JOINTS, POSITION_LIMITS, SO101, SO101_BIMANUAL, VELOCITY_LIMITS
 
 HOME = np.array([HOME_POSITION[j] for j in JOINTS])
 CFG = SafetyConfig(control_period=1 / 30, latency_budget=0.02, max_chunk_age=0.5,
@@ -238,7 +239,7 @@ finite_or_not = st.floats(allow_nan=True, allow_infinity=True, width=64)
     period=st.one_of(st.floats(-0.1, 0.2), st.just(float("nan"))),
     now=st.floats(0, 10),
 )
-def test_fuzz_filter_never_sends_unsafe_targets(names, T, values, offset, period, now):  # noqa: PLR0917
+def test_fuzz_filter_never_sends_unsafe_targets(names, T, values, offset, period, now):
     from hvla_ros.refiner.safety import ChunkRejected
 
     f = make_filter()
