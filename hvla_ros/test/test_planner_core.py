@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import pytest
+
 from hvla_ros.planner import (
     Context,
     EpisodeRunner,
@@ -205,7 +206,7 @@ def test_horizon_reached_without_postcondition_is_a_timeout(tmp_path):
 
 def test_silent_executor_takes_the_timeout_path_without_asking_the_verifier(tmp_path):
     r = ScriptedReasoner([[st("a")]])
-    res, runner = run(r, FakeExecutor(["silent", "skill_done"]), tmp_path)
+    res, _ = run(r, FakeExecutor(["silent", "skill_done"]), tmp_path)
     assert res.success
     v = [e for e in events(res.log_path) if e["event"] == "verdict"]
     assert v[0]["status"] == "timeout" and v[0]["error"] == "executor_silent"

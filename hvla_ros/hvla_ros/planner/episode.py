@@ -284,6 +284,7 @@ class EpisodeRunner:
         s.log.write("issue", k=k, attempt=attempt, subtask=issued.to_dict())
         self._update(s, "executing")
         overhead = time.perf_counter() - t0
+        before = self.executor.observe()
         missing = issued.placeholders()
         if missing:
             why = f"cannot issue: unknown {sorted(missing)} (not in parameters or working memory)"
@@ -291,6 +292,8 @@ class EpisodeRunner:
         else:
             report = self.executor.execute(issued, k, attempt)
         t1 = time.perf_counter()
+        if not report.before:
+            report = replace(report, before=before)
         self._reasoner_s = 0.0
         s.log.write("report", k=k, attempt=attempt, termination=report.termination, steps=report.steps,
                     elapsed_s=report.elapsed_s, error=report.error, cameras=sorted(report.images),

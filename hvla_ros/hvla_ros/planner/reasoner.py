@@ -34,7 +34,8 @@ class ExecutionReport:
     """What the executor reports when a subtask attempt ends.
 
     ``images`` are the latest observation per camera after termination; ``frames`` a bounded,
-    time-ordered sample of observations taken during execution (what an ``observe`` subtask saw).
+    time-ordered sample of observations taken during execution (what an ``observe`` subtask saw);
+    ``before`` the observation when the attempt was issued (the episode loop fills it in).
     """
 
     termination: str
@@ -43,6 +44,7 @@ class ExecutionReport:
     error: str = ""
     images: Images = field(default_factory=dict)
     frames: Sequence[Images] = ()
+    before: Images = field(default_factory=dict)  # the observation when the attempt was issued
 
     def __post_init__(self) -> None:
         if self.termination not in TERMINATIONS:

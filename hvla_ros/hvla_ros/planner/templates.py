@@ -43,6 +43,7 @@ class ObjectSpec:
     min_area_frac: float = 0.0002
     max_area_frac: float = 1.0
     min_fill: float = 0.0  # blob area / bounding-box area (cubes are compact, arm links are not)
+    order: int = 0  # 0: the largest matching blob; k >= 1: the k-th matching blob from the left
     fixed: bool = False  # does not move: its planning-time measurement is used thereafter
     grow_frac: float = 0.0  # grow the measured box by this fraction of the image width (cue areas)
 
@@ -78,6 +79,7 @@ class Templates:
     lift_frac: float = 0.02
     near_frac: float = 0.06
     move_frac: float = 0.04
+    protrude_ratio: float = 1.28
 
     def match(self, goal: str) -> TaskTemplate | None:
         key = normalize_goal(goal)
@@ -124,6 +126,7 @@ def _task(task: str, doc: Mapping[str, Any], palette: Palette) -> TaskTemplate:
             float(o.get("min_area_frac", 0.0002)),
             float(o.get("max_area_frac", 1.0)),
             float(o.get("min_fill", 0.0)),
+            int(o.get("order", 0)),
             bool(o.get("fixed", False)),
             float(o.get("grow_frac", 0.0)),
         )
@@ -143,7 +146,7 @@ def _task(task: str, doc: Mapping[str, Any], palette: Palette) -> TaskTemplate:
         for p in sub.post.predicates:
             for a in p.args[:1]:
                 if (
-                    p.name in ("visible", "lifted", "in", "on", "at", "off", "moved")
+                    p.name in ("visible", "lifted", "raised", "in", "on", "at", "off", "moved", "protrudes")
                     and a not in objects
                     and "{" not in a
                 ):
@@ -196,4 +199,5 @@ def load_templates(path: str | Path | None = None) -> Templates:
         float(checks.get("lift_frac", 0.02)),
         float(checks.get("near_frac", 0.06)),
         float(checks.get("move_frac", 0.04)),
+        float(checks.get("protrude_ratio", 1.28)),
     )
