@@ -17,7 +17,9 @@ evaluation, experts and the simulator itself; the planner never sees it.
 
 from __future__ import annotations
 
+import atexit
 import logging
+import weakref
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -34,6 +36,18 @@ _log = logging.getLogger(__name__)
 
 #: A 3-vector or colour given as a list or an array.
 Vec = Sequence[float] | np.ndarray
+
+# Worlds whose GL contexts must be released before the interpreter tears EGL down. The hook is
+# registered after the first renderer exists, i.e. after mujoco's own EGL exit hook, so it runs
+# before that one (atexit is last-in, first-out).
+_OPEN_WORLDS: weakref.WeakSet[SimWorld] = weakref.WeakSet()
+_exit_hook_registered = False
+
+
+def _close_open_worlds() -> None:
+    for w in list(_OPEN_WORLDS):
+        w.close()
+
 
 #: Segmentation id of pixels that show no object (background, sky).
 BACKGROUND_ID = 0
@@ -230,6 +244,11 @@ class SimWorld:
             if segmentation:
                 r.enable_segmentation_rendering()
             self._renderers[key] = r
+            _OPEN_WORLDS.add(self)
+            global _exit_hook_registered
+            if not _exit_hook_registered:
+                atexit.register(_close_open_worlds)
+                _exit_hook_registered = True
         return r
 
     def _check_camera(self, camera: str) -> None:
