@@ -45,6 +45,7 @@ class PropagationConfig:
     min_area_px: int = 25
     reacquire_interval: int = 5  # frames between searches for lost objects
     resegment_interval: int = 0  # also re-segment every N frames (0: only on drift)
+    min_resegment_gap: int = 5  # frames between drift-triggered re-segmentations of one object
 
     def __post_init__(self) -> None:
         if not 0.1 <= self.scale <= 1.0:
@@ -121,6 +122,7 @@ class _Track:
     lost: bool = False
     drift: float = 0.0
     age: int = 0
+    last_segmented: int = 0  # age at the last (re-)segmentation
 
 
 class MaskPropagator:
@@ -199,7 +201,9 @@ class MaskPropagator:
                 continue
             self._propagate(track, self._prev_gray, gray, image)
             periodic = self.config.resegment_interval > 0 and track.age % self.config.resegment_interval == 0
-            if not track.lost and (track.drift > self.config.drift_threshold or periodic):
+            drifted = (track.drift > self.config.drift_threshold
+                       and track.age - track.last_segmented >= self.config.min_resegment_gap)
+            if not track.lost and (drifted or periodic):
                 if hsv_full is None:
                     hsv_full = cv2.cvtColor(image, cv2.COLOR_RGB2HSV)
                 self._resegment(track, image, hsv_full)
@@ -372,7 +376,9 @@ class MaskPropagator:
         search = cv2.dilate(local.view(np.uint8), k).view(bool)
         snapped = _fill((prob >= 128) & search)
         ns = int(np.count_nonzero(snapped))
-        chosen = snapped if 0.3 * n <= ns <= 1.6 * n + 4 * cfg.grow_px else local
+        # Growing back to the size seen at the last full view is plausible (end of an occlusion).
+        upper = max(1.6 * n, 1.5 * track.full_area) + 4 * cfg.grow_px
+        chosen = snapped if 0.3 * n <= ns <= upper else local
         return _Region.crop(chosen, rx0, ry0), colour_drift
 
     def _resegment(self, track: _Track, image: np.ndarray, hsv: np.ndarray) -> None:
@@ -398,11 +404,13 @@ class MaskPropagator:
             return False
         track.region = region
         track.lost = False
+        track.last_segmented = track.age
         track.points = None
         track.drift = 0.0
         track.ref_area = float(region.area)
         if not region.touches_border(self._shape):
-            track.full_area = track.ref_area
+            # A smaller re-segmentation may be a partial (occluded) view: forget slowly.
+            track.full_area = max(track.ref_area, 0.7 * track.full_area)
         return True
 
     def _search_lost(self, image: np.ndarray, hsv: np.ndarray) -> None:
