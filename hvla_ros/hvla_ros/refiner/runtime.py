@@ -52,7 +52,7 @@ class ChunkRefiner:
         self.models[skill] = model
         self.providers[skill] = provider
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def refine(self, skill: str, joint_names: Sequence[str], positions: np.ndarray, gripper_names: Sequence[str],
                start: float, anchor_logits: np.ndarray | None = None) -> RefineResult:
         """Refine one chunk; passes it through (with the reason) when it cannot."""
