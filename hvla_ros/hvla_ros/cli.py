@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 #: subcommand -> (module, one-line help). Modules provide add_arguments(parser) and run(args).
 COMMANDS: dict[str, tuple[str, str]] = {
+    "train-refiner": ("hvla_ros.refiner.cmd_train", "train a skill's AnchorRefine refiner (phase 2, anchor frozen)"),
     "up": ("hvla_ros.cmd_up", "start the graph of bringup.launch.py (each node its own process)"),
     "demo": ("hvla_ros.cmd_up", "run the embedded default end to end: simulated SO-101, goal, report"),
     "record": ("hvla_ros.cmd_bag", "record topics of a running graph to a rosbag2 MCAP bag"),
@@ -26,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train-skill": ("hvla_ros.executor.cmd_train", "train a skill's diffusion policy from demonstrations"),
     "sim-eval-experts": ("hvla_ros.sim.cmd_eval_experts", "success rate of each sim task's scripted expert"),
     "gen-description": ("hvla_ros.description_gen", "write the ros2_control URDF/xacro and controllers YAML"),
+    "serve-vlm": ("hvla_ros.planner.serve_vlm", "serve a local transformers VLM over an OpenAI-compatible API"),
     "record-demos": ("hvla_ros.sim.recorder", "record scripted-expert demonstrations to a LeRobotDataset"),
 }
 
