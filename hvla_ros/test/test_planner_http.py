@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -131,9 +132,9 @@ def test_full_episode_over_http_with_scripted_replies(tmp_path):
 class _Recorder(BaseHTTPRequestHandler):
     """Answers after ``delay`` s with ``codes`` in turn (then 200); records headers."""
 
-    codes: list[int] = []
+    codes: ClassVar[list[int]] = []
     delay = 0.0
-    headers_seen: list[dict[str, str]] = []
+    headers_seen: ClassVar[list[dict[str, str]]] = []
     calls = 0
 
     def log_message(self, *args):

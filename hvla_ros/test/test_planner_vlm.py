@@ -102,7 +102,8 @@ def test_fuzz_schema_violations_are_rejected_with_a_reason(subtask):
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.floats(allow_nan=True, allow_infinity=True, width=32), min_size=4, max_size=4))
 def test_fuzz_boxes_outside_the_image_are_rejected(coords):
-    obj = {"subtasks": [{"instruction": "x", "skill": "pick", "distractor_boxes": [{"camera": "front", "box": coords}]}]}
+    box = {"camera": "front", "box": coords}
+    obj = {"subtasks": [{"instruction": "x", "skill": "pick", "distractor_boxes": [box]}]}
     x0, y0, x1, y1 = coords
     inside = all(np.isfinite(coords)) and 0 <= x0 < x1 <= 64 and 0 <= y0 < y1 <= 48
     try:
