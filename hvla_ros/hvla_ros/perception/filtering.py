@@ -25,13 +25,13 @@ def apply_mask(image: np.ndarray, mask: np.ndarray, fill: str = "zero", *,
     if mask.shape != image.shape[:2]:
         raise ValueError(f"mask shape {mask.shape} does not match image shape {image.shape[:2]}")
     m8 = mask.view(np.uint8) if mask.dtype == bool else mask.astype(np.uint8, copy=False)
-    keep = cv2.compare(m8, 0, cv2.CMP_EQ)  # 255 where the pixel is kept
+    keep = cv2.compare(m8, np.zeros_like(m8), cv2.CMP_EQ)  # 255 where the pixel is kept
     if out is None:
         out = np.empty_like(image)
     if fill == "zero":  # I * (1 - Q)
         out.fill(0)
     elif fill == "mean":
-        colour = cv2.mean(image, mask=keep)[: (image.shape[2] if image.ndim == 3 else 1)]
+        colour = np.asarray(cv2.mean(image, mask=keep))[: (image.shape[2] if image.ndim == 3 else 1)]
         out[...] = np.round(np.array(colour)).astype(image.dtype)
     else:
         h, w = image.shape[:2]
