@@ -257,6 +257,7 @@ def load_policy_dir(path: Path | str, *, device: str = "cpu") -> PolicyBundle:
     file, an unparsable config, or weights that do not match the config.
     """
     from lerobot.configs.policies import PreTrainedConfig
+    from lerobot.policies.diffusion.configuration_diffusion import DiffusionConfig
     from lerobot.processor import PolicyProcessorPipeline
     from lerobot.processor.converters import policy_action_to_transition, transition_to_policy_action
     from safetensors.torch import load_file
@@ -277,7 +278,8 @@ def load_policy_dir(path: Path | str, *, device: str = "cpu") -> PolicyBundle:
         config = PreTrainedConfig.from_pretrained(p)
     except Exception as e:  # draccus raises several unrelated types for a bad config
         raise PolicyLoadError(p, f"config.json is not a valid policy config ({type(e).__name__}: {e})") from e
-    if getattr(config, "type", None) != "diffusion":
+    # (importing DiffusionConfig above registers its "diffusion" type with the config parser)
+    if not isinstance(config, DiffusionConfig):
         raise PolicyLoadError(
             p, f"config.json describes a {getattr(config, 'type', '?')!r} policy, not diffusion"
         )

@@ -1,0 +1,379 @@
+"""executor_node: runs subtasks with the skill library and publishes anchor action chunks.
+
+A lifecycle node over :mod:`hvla_ros.executor` (policies are loaded in ``on_configure`` and
+freed in ``on_cleanup``; a missing or corrupt checkpoint or a policy that does not match its
+skill entry makes configure FAIL with the path and the reason).
+
+- action server ``executor/execute_subtask`` (hvla_interfaces/action/ExecuteSubtask): runs the
+  subtask's skill with a receding horizon until the horizon (``Subtask.horizon``, or the
+  skill's default when zero), cancel (no chunk is published after the cancel request) or
+  preemption (a new goal aborts the running one with ``TERMINATION_PREEMPTED``). Feedback at
+  every chunk boundary, and a status text while observations are stale. Never judges success.
+- publishes hvla_interfaces/ActionChunk (origin ANCHOR) on ``executor/anchor_chunks``;
+  ``header.stamp`` is the execution time of step 0, step k at ``stamp + k * step_period``.
+- service ``executor/list_skills``.
+- subscribes ``perception/<camera>/image_filtered`` for every camera the skills read, and
+  ``joint_states``.
+
+Example::
+
+    executor_node --ros-args -p skills_file:=/path/to/skills.yaml -p max_observation_age_s:=0.3
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from builtin_interfaces.msg import Duration, Time
+from rclpy.action import ActionServer, CancelResponse, GoalResponse
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from sensor_msgs.msg import Image, JointState
+
+from hvla_interfaces.action import ExecuteSubtask  # type: ignore[attr-defined]
+from hvla_interfaces.msg import ActionChunk  # type: ignore[attr-defined]
+from hvla_interfaces.srv import ListSkills  # type: ignore[attr-defined]
+from hvla_ros import topics
+from hvla_ros.executor.library import SkillConfigError, SkillLibrary, UnknownSkillError
+from hvla_ros.executor.runner import (
+    Observation,
+    ObservationBuffer,
+    ObservationError,
+    PlannedChunk,
+    SkillRunner,
+    StaleObservationError,
+)
+from hvla_ros.rosutil.images import ImageConversionError, to_rgb
+from hvla_ros.rosutil.node_main import run_node
+from hvla_ros.rosutil.params import ParamSpec, declare_params
+from hvla_ros.rosutil.qos import COMMAND_QOS, IMAGE_QOS, STATE_QOS
+
+Result = ExecuteSubtask.Result
+
+
+def _params() -> list[ParamSpec]:
+    return [
+        ParamSpec("skills_file", "", "skill library YAML; empty = the package's config/skills.yaml",
+                  read_only=True),
+        ParamSpec("robot", "", "robot configuration; empty = the skill library's 'robot'",
+                  check=lambda v: None if v in ("", "so101", "so101_bimanual")
+                  else f"parameter 'robot' must be '', 'so101' or 'so101_bimanual', got {v!r}", read_only=True),
+        ParamSpec("device", "cpu", "torch device for the policies (cpu, cuda, cuda:N)", read_only=True,
+                  check=lambda v: None if v == "cpu" or str(v).startswith("cuda")
+                  else f"parameter 'device' must be 'cpu' or 'cuda[:N]', got {v!r}"),
+        ParamSpec("torch_threads", 2, "CPU threads for policy inference", min=1, max=64, read_only=True),
+        ParamSpec("max_observation_age_s", 0.5, "an observation older than this is stale: no new chunk",
+                  min=0.01, max=60.0),
+        ParamSpec("stale_abort_s", 5.0, "abort the subtask after observations stay stale this long",
+                  min=0.1, max=600.0),
+        ParamSpec("expected_latency_s", 0.1, "initial estimate of inference latency: the next chunk is "
+                  "predicted this long before the current one runs out (then measured)", min=0.0, max=10.0),
+        ParamSpec("autostart", True, "configure and activate at start (no lifecycle manager needed)",
+                  read_only=True),
+    ]
+
+
+def _to_time(t: float) -> Time:
+    ns = max(0, round(t * 1e9))
+    return Time(sec=ns // 1_000_000_000, nanosec=ns % 1_000_000_000)
+
+
+def _to_duration(t: float) -> Duration:
+    ns = max(0, round(t * 1e9))
+    return Duration(sec=ns // 1_000_000_000, nanosec=ns % 1_000_000_000)
+
+
+def _seconds(stamp: Any) -> float:
+    return float(stamp.sec) + float(stamp.nanosec) * 1e-9
+
+
+def chunk_message(chunk: PlannedChunk, gripper_joints: Sequence[str], *, episode_id: str = "",
+                  subtask_id: int = 0) -> ActionChunk:
+    """The ActionChunk (origin ANCHOR) for a planned chunk."""
+    msg = ActionChunk()
+    msg.header.stamp = _to_time(chunk.start_time)
+    msg.step_period = _to_duration(chunk.step_period)
+    msg.joint_names = list(chunk.joint_names)
+    msg.num_steps = chunk.num_steps
+    msg.positions = chunk.positions.astype(np.float64).ravel().tolist()
+    # Diffusion skills output gripper positions, not open/close logits: the refiner derives the
+    # anchor's gripper decision from the positions (logits and probabilities stay empty).
+    msg.gripper_names = [j for j in chunk.joint_names if j in gripper_joints]
+    msg.origin = ActionChunk.ORIGIN_ANCHOR
+    msg.skill = chunk.skill
+    msg.episode_id = episode_id
+    msg.subtask_id = int(subtask_id)
+    msg.chunk_index = chunk.index
+    return msg
+
+
+class ExecutorNode(LifecycleNode):
+    """Thin ROS wrapper around :class:`SkillLibrary` and :class:`SkillRunner`."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__("executor", **kwargs)
+        self.p = declare_params(self, _params())
+        self._library: SkillLibrary | None = None
+        self._active = False
+        self._handles: list[Any] = []
+        self._chunk_pub: Any = None
+        self._buffer = ObservationBuffer(maxlen=16)
+        self._images: dict[str, tuple[float, np.ndarray]] = {}
+        self._joints: tuple[float, dict[str, float]] | None = None
+        self._cameras: list[str] = []
+        self._goal_lock = threading.Lock()
+        self._current_goal: Any = None  # the goal handle allowed to run; others stop (preempted)
+        self._policy_lock = threading.Lock()  # one inference at a time
+        self._latency = float(self.p["expected_latency_s"])
+        self._cb = ReentrantCallbackGroup()
+        self._list_srv = self.create_service(ListSkills, topics.LIST_SKILLS_SERVICE, self._on_list_skills,
+                                             callback_group=MutuallyExclusiveCallbackGroup())
+        self._action = ActionServer(
+            self, ExecuteSubtask, topics.EXECUTE_SUBTASK_ACTION, execute_callback=self._execute,
+            goal_callback=self._on_goal, cancel_callback=lambda _h: CancelResponse.ACCEPT,
+            handle_accepted_callback=self._on_accepted, callback_group=self._cb)
+
+    # ------------------------------------------------------------------ lifecycle
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        import torch
+
+        torch.set_num_threads(int(self.p["torch_threads"]))
+        try:
+            self._library = SkillLibrary.load(self.p["skills_file"] or None, device=self.p["device"],
+                                              robot=self.p["robot"] or None)
+        except SkillConfigError as exc:
+            self.get_logger().error(f"cannot configure executor: {exc}")
+            return TransitionCallbackReturn.FAILURE
+        lib = self._library
+        self._cameras = sorted({c for s in lib.skills.values() for c in s.spec.cameras})
+        self._chunk_pub = self.create_publisher(ActionChunk, topics.ANCHOR_CHUNKS, COMMAND_QOS)
+        for cam in self._cameras:
+            self._handles.append(self.create_subscription(
+                Image, topics.filtered_image(cam), functools.partial(self._on_image, cam), IMAGE_QOS,
+                callback_group=MutuallyExclusiveCallbackGroup()))
+        self._handles.append(self.create_subscription(JointState, topics.JOINT_STATES, self._on_joints, STATE_QOS,
+                                                      callback_group=MutuallyExclusiveCallbackGroup()))
+        self.get_logger().info(f"configured: skills {lib.names()} from {lib.source}, cameras {self._cameras}")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._active = True
+        return super().on_activate(state)
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._active = False
+        with self._goal_lock:
+            self._current_goal = None  # a running subtask stops at its next check
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._active = False
+        for h in self._handles:
+            self.destroy_subscription(h)
+        self._handles.clear()
+        if self._chunk_pub is not None:
+            self.destroy_publisher(self._chunk_pub)
+            self._chunk_pub = None
+        self._library = None
+        self._images.clear()
+        self._joints = None
+        self._buffer.clear()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._active = False
+        with self._goal_lock:
+            self._current_goal = None
+        return TransitionCallbackReturn.SUCCESS
+
+    def now_s(self) -> float:
+        return self.get_clock().now().nanoseconds * 1e-9
+
+    # ------------------------------------------------------------------ inputs
+    def _stamp_of(self, header: Any) -> float:
+        t = _seconds(header.stamp)
+        return t if t > 0 else self.now_s()
+
+    def _on_image(self, cam: str, msg: Image) -> None:
+        try:
+            rgb = to_rgb(msg)
+        except ImageConversionError as exc:
+            self.get_logger().error(f"dropping filtered image from {cam!r}: {exc}",
+                                    throttle_duration_sec=5.0)
+            return
+        self._images[cam] = (self._stamp_of(msg.header), rgb)
+        if cam == self._cameras[0]:
+            self._assemble()
+
+    def _on_joints(self, msg: JointState) -> None:
+        if len(msg.position) != len(msg.name):
+            self.get_logger().error(f"dropping joint_states: {len(msg.name)} names but {len(msg.position)} "
+                                    "positions", throttle_duration_sec=5.0)
+            return
+        pos = {n: float(p) for n, p in zip(msg.name, msg.position, strict=True)}
+        if not all(math.isfinite(v) for v in pos.values()):
+            self.get_logger().error("dropping joint_states with non-finite positions", throttle_duration_sec=5.0)
+            return
+        prev = self._joints[1] if self._joints else {}
+        self._joints = (self._stamp_of(msg.header), {**prev, **pos})
+        if not self._cameras:
+            self._assemble()
+
+    def _assemble(self) -> None:
+        """One observation from the newest image of every camera and the newest joint state."""
+        if self._joints is None or any(c not in self._images for c in self._cameras):
+            return
+        stamps = [self._images[c][0] for c in self._cameras] + [self._joints[0]]
+        self._buffer.add(Observation(stamp=min(stamps), images={c: self._images[c][1] for c in self._cameras},
+                                     joints=self._joints[1]))
+
+    def _on_list_skills(self, req: ListSkills.Request, res: ListSkills.Response) -> ListSkills.Response:
+        lib = self._library
+        if lib is None:
+            res.error_code = ListSkills.Response.ERROR_NOT_CONFIGURED
+            res.error_msg = "executor is not configured"
+            return res
+        for name in lib.names():
+            spec = lib.get(name).spec
+            res.names.append(name)
+            res.descriptions.append(spec.description)
+            res.cameras.append(",".join(spec.cameras))
+        return res
+
+    # ------------------------------------------------------------------ action
+    def _on_goal(self, goal: ExecuteSubtask.Goal) -> GoalResponse:
+        return GoalResponse.ACCEPT  # problems are reported in the result, with a reason
+
+    def _on_accepted(self, handle: Any) -> None:
+        with self._goal_lock:
+            self._current_goal = handle  # a running goal sees this and stops (preempted)
+        handle.execute()
+
+    def _finish(self, handle: Any, runner: SkillRunner | None, t0: float, termination: int,
+                error_code: int = Result.ERROR_NONE, error_msg: str = "") -> ExecuteSubtask.Result:
+        res = Result(error_code=error_code, error_msg=error_msg, termination=termination)
+        if runner is not None:
+            res.steps_executed = runner.steps_planned
+            res.chunks_executed = runner.chunks_planned
+        res.elapsed = _to_duration(time.monotonic() - t0)
+        with self._goal_lock:
+            if self._current_goal is handle:
+                self._current_goal = None
+        if termination == Result.TERMINATION_CANCELED:
+            handle.canceled()
+        elif termination in (Result.TERMINATION_HORIZON, Result.TERMINATION_SKILL_DONE):
+            handle.succeed()
+        else:
+            handle.abort()
+        text = (f"subtask {handle.request.subtask.skill!r} ended: termination {termination}"
+                + (f", error {error_code}: {error_msg}" if error_code else "")
+                + (f", {runner.chunks_planned} chunks / {runner.steps_planned} steps" if runner else ""))
+        # (rclpy ties a severity to each call site: separate calls for info and warning)
+        if error_code:
+            self.get_logger().warning(text)
+        else:
+            self.get_logger().info(text)
+        return res
+
+    def _stop_reason(self, handle: Any) -> int | None:
+        if handle.is_cancel_requested:
+            return Result.TERMINATION_CANCELED
+        with self._goal_lock:
+            if self._current_goal is not handle:
+                return Result.TERMINATION_PREEMPTED
+        return None
+
+    def _execute(self, handle: Any) -> ExecuteSubtask.Result:
+        t0 = time.monotonic()
+        sub = handle.request.subtask
+        lib = self._library
+        if lib is None or not self._active:
+            return self._finish(handle, None, t0, Result.TERMINATION_ERROR, Result.ERROR_NOT_CONFIGURED,
+                                "executor is not active (configure and activate it first)")
+        try:
+            skill = lib.get(sub.skill)
+        except UnknownSkillError as exc:
+            return self._finish(handle, None, t0, Result.TERMINATION_ERROR, Result.ERROR_UNKNOWN_SKILL, str(exc))
+        horizon = _seconds(sub.horizon)
+        if not math.isfinite(horizon) or horizon < 0:
+            return self._finish(handle, None, t0, Result.TERMINATION_ERROR, Result.ERROR_BAD_SUBTASK,
+                                f"subtask horizon must be >= 0 s, got {horizon}")
+        runner = SkillRunner(skill, sub.instruction, horizon or None,
+                             max_obs_age_s=float(self.p["max_observation_age_s"]))
+        grippers = lib.robot.gripper_joints
+        stale_since: float | None = None
+        while not runner.done:
+            reason = self._stop_reason(handle)
+            if reason is not None:
+                return self._finish(handle, runner, t0, reason)
+            now = self.now_s()
+            if now < runner.next_due(self._latency):
+                time.sleep(min(0.005, runner.next_due(self._latency) - now))
+                continue
+            history = self._buffer.history(runner.n_obs_steps, runner.step_period)
+            try:
+                with self._policy_lock:
+                    if self._stop_reason(handle) is not None:
+                        continue
+                    t_inf = time.monotonic()
+                    chunk = runner.next_chunk(history, self.now_s())
+                    dt = time.monotonic() - t_inf
+            except StaleObservationError as exc:
+                stale_since = stale_since or time.monotonic()
+                fb = ExecuteSubtask.Feedback(chunk_index=runner.chunks_planned, steps_executed=runner.steps_planned,
+                                             progress=runner.progress, status_text=str(exc))
+                handle.publish_feedback(fb)
+                self.get_logger().warning(f"{sub.skill}: {exc}", throttle_duration_sec=2.0)
+                if time.monotonic() - stale_since > float(self.p["stale_abort_s"]):
+                    return self._finish(handle, runner, t0, Result.TERMINATION_ERROR,
+                                        Result.ERROR_STALE_OBSERVATION, str(exc))
+                time.sleep(0.02)
+                continue
+            except (ObservationError, FloatingPointError, RuntimeError, ValueError) as exc:
+                return self._finish(handle, runner, t0, Result.TERMINATION_ERROR, Result.ERROR_POLICY_FAILED,
+                                    f"{type(exc).__name__}: {exc}")
+            stale_since = None
+            self._latency = 0.8 * self._latency + 0.2 * dt if runner.chunks_planned > 1 else dt
+            reason = self._stop_reason(handle)
+            if reason is not None:  # canceled or preempted during inference: publish nothing
+                return self._finish(handle, runner, t0, reason)
+            self._chunk_pub.publish(chunk_message(chunk, grippers, episode_id=sub.episode_id,
+                                                  subtask_id=sub.subtask_id))
+            handle.publish_feedback(ExecuteSubtask.Feedback(
+                chunk_index=chunk.index, steps_executed=runner.steps_planned, progress=runner.progress,
+                status_text=f"chunk {chunk.index}: {chunk.num_steps} steps, inference {dt * 1e3:.0f} ms"))
+        # Let the last chunk play out before reporting the horizon reached.
+        end = runner.last_chunk.end_time if runner.last_chunk else self.now_s()
+        while self.now_s() < end:
+            reason = self._stop_reason(handle)
+            if reason is not None:
+                return self._finish(handle, runner, t0, reason)
+            time.sleep(min(0.01, max(0.0, end - self.now_s())))
+        return self._finish(handle, runner, t0, Result.TERMINATION_HORIZON)
+
+    def destroy_node(self) -> None:
+        self._action.destroy()
+        super().destroy_node()
+
+
+def _make_node() -> ExecutorNode:
+    node = ExecutorNode()
+    if node.p["autostart"]:
+        if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+            raise RuntimeError("executor_node failed to configure (see the log above)")
+        node.trigger_activate()
+    return node
+
+
+def main(args: Sequence[str] | None = None) -> int:
+    return run_node(_make_node, args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
