@@ -47,7 +47,7 @@ class ObserveThenPick(Task):
         return objs
 
     def reset(self, world: SimWorld, rng: np.random.Generator) -> None:
-        box, *cubes = sample_positions(rng, 4, [0.065, 0.035, 0.035, 0.035])
+        box, *cubes = sample_positions(rng, 4, [0.09, 0.035, 0.035, 0.035])
         for c, p in zip(COLORS3, cubes, strict=True):
             world.set_static_pose(f"{c}_pad", [*p, PAD_HALF[2]])
             world.set_free_pose(f"{c}_cube", [*p, 2 * PAD_HALF[2] + CUBE_HALF], rng.uniform(-0.6, 0.6))
