@@ -132,7 +132,8 @@ class EpisodeResult:
     subtasks_total: int
     replans: int
     log_path: str
-    decision_overheads_s: tuple[float, ...] = ()
+    decision_overheads_s: tuple[float, ...] = ()  # wall time per attempt outside reasoner and executor
+    decision_cpu_s: tuple[float, ...] = ()  # the same in CPU time of the episode thread
 
 
 class _Canceled(Exception):
@@ -182,6 +183,8 @@ class EpisodeRunner:
         self._running = threading.Event()
         self._running.set()
         self._reasoner_s = 0.0
+        self._reasoner_cpu_s = 0.0
+        self._cpu: list[float] = []
         self.status: EpisodeStatus | None = None
 
     # --- control from other threads ------------------------------------------------------
@@ -210,13 +213,14 @@ class EpisodeRunner:
             )
         )
         self.status = EpisodeStatus(episode_id, goal)
+        self._cpu = []
         s = _State(goal, log, Memory(self.config.memory))
         overheads: list[float] = []
         try:
             previous = log.events()
             ended = next((e for e in reversed(previous) if e["event"] == "episode_end"), None)
             if ended is not None:
-                return EpisodeResult(**{**ended["result"], "decision_overheads_s": ()})
+                return EpisodeResult(**{**ended["result"], "decision_overheads_s": (), "decision_cpu_s": ()})
             self._start(s, previous)
             while s.plan is not None and s.k < len(s.plan.subtasks):
                 self._attempt(s, overheads)
@@ -274,7 +278,7 @@ class EpisodeRunner:
         """Issue τ_k once, verify, update memory, and on failure reflect and recover."""
         cfg, st = self.config, self.status
         assert st is not None and s.plan is not None
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.thread_time()
         self._wait_if_paused(s)
         subtask = s.plan.subtasks[s.k]
         issued = subtask.resolve(subtask.params).resolve(s.memory.facts)
@@ -283,7 +287,7 @@ class EpisodeRunner:
         st.current_index, st.attempt, st.current = k, attempt, issued
         s.log.write("issue", k=k, attempt=attempt, subtask=issued.to_dict())
         self._update(s, "executing")
-        overhead = time.perf_counter() - t0
+        overhead, cpu = time.perf_counter() - t0, time.thread_time() - c0
         before = self.executor.observe()
         missing = issued.placeholders()
         if missing:
@@ -291,10 +295,10 @@ class EpisodeRunner:
             report = ExecutionReport("error", error=why)
         else:
             report = self.executor.execute(issued, k, attempt)
-        t1 = time.perf_counter()
+        t1, c1 = time.perf_counter(), time.thread_time()
         if not report.before:
             report = replace(report, before=before)
-        self._reasoner_s = 0.0
+        self._reasoner_s = self._reasoner_cpu_s = 0.0
         s.log.write("report", k=k, attempt=attempt, termination=report.termination, steps=report.steps,
                     elapsed_s=report.elapsed_s, error=report.error, cameras=sorted(report.images),
                     frames=len(report.frames))
@@ -319,6 +323,8 @@ class EpisodeRunner:
             self._recover(s, issued, verdict, error, images)
         self._checkpoint(s)
         overheads.append(overhead + time.perf_counter() - t1 - self._take_reasoner_time())
+        self._cpu.append(cpu + time.thread_time() - c1 - self._reasoner_cpu_s)
+        self._reasoner_cpu_s = 0.0
 
     def _recover(self, s: _State, issued: Subtask, verdict: Verdict, error: str, images: Images) -> None:
         """Reflection and recovery: retry / adjust-param while n_k < N_max, else replan."""
@@ -393,11 +399,12 @@ class EpisodeRunner:
 
     def _call(self, fn: Callable[[], T]) -> T:
         """Call the reasoner, timing it (decision overhead excludes model time)."""
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.thread_time()
         try:
             return fn()
         finally:
             self._reasoner_s += time.perf_counter() - t0
+            self._reasoner_cpu_s += time.thread_time() - c0
 
     def _take_reasoner_time(self) -> float:
         spent, self._reasoner_s = self._reasoner_s, 0.0
@@ -430,11 +437,11 @@ class EpisodeRunner:
         assert st is not None
         total = len(s.plan.subtasks) if s.plan is not None else 0
         result = EpisodeResult(code == "none", code, msg, st.episode_id, s.succeeded, total, st.replans,
-                               str(s.log.path), tuple(overheads))
+                               str(s.log.path), tuple(overheads), tuple(self._cpu))
         state = {"none": "succeeded", "canceled": "canceled"}.get(code, "failed")
         if code != "none":
             _log.warning(f"episode {st.episode_id} ended: {code}: {msg}")
         s.log.write("episode_end", state=state,
-                    result={k: v for k, v in vars(result).items() if k != "decision_overheads_s"})
+                    result={k: v for k, v in vars(result).items() if not k.startswith("decision_")})
         self._update(s, state)
         return result

@@ -121,6 +121,14 @@ class MemoryView:
         ]
 
 
+def _entry_dict(e: HistoryEntry | ErrorEntry) -> dict[str, Any]:
+    d = dict(e.__dict__)
+    for key in ("parameters", "adjusted"):
+        if key in d:
+            d[key] = dict(d[key])
+    return d
+
+
 class Memory:
     """M = {H, W, E} with bounded size (H by ``n_history``, E by ``max_errors``, W by characters)."""
 
@@ -178,15 +186,14 @@ class Memory:
         return len(self._history) + len(self._errors) + len(self._facts)
 
     def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready snapshot (what checkpoints store); entries are converted field by field,
+        not with ``dataclasses.asdict`` (which deep-copies and dominated the decision overhead)."""
         return {
-            "history": [asdict(e) for e in self._history],
+            "history": [_entry_dict(e) for e in self._history],
             "digest": asdict(self._digest),
             "world": self._world,
             "facts": dict(self._facts),
-            "errors": [
-                {**asdict(e), "parameters": dict(e.parameters), "adjusted": dict(e.adjusted)}
-                for e in self._errors
-            ],
+            "errors": [_entry_dict(e) for e in self._errors],
         }
 
     @classmethod
