@@ -1,0 +1,110 @@
+"""``hvla train-refiner``: phase-2 training of a skill's refiner from demonstrations.
+
+The skill policy (phase 1, ``hvla train-skill``) is the frozen anchor. Every demonstration frame
+of the skill is run through it once (context + anchor chunk, detached), then the refine module
+trains on those with ``L_res + lambda L_grip``; held-out segments give the anchor-only vs
+refined errors and the residual-target compactness, all stored in the checkpoint's metadata::
+
+    hvla train-refiner --dataset DEMOS --skill pick --policy POLICY_DIR --out refiners/pick
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from hvla_ros.refiner.model import ABLATIONS
+
+    p.add_argument("--dataset", required=True, type=Path, help="LeRobotDataset of demonstrations")
+    p.add_argument("--skill", required=True, help="skill name (selects the frames by task text)")
+    p.add_argument("--policy", required=True, type=Path, help="the skill's policy directory (the anchor)")
+    p.add_argument("--out", required=True, type=Path, help="refiner checkpoint directory to write")
+    p.add_argument("--pattern", default=None, help="task-text regex; default: the skill's standard pattern")
+    p.add_argument("--ablation", default="full", choices=ABLATIONS, help="train an ablation instead")
+    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--margin", type=float, default=0.2, help="m of the boundary-aware gripper target")
+    p.add_argument("--grip-weight", type=float, default=1.0, help="lambda of L_grip")
+    p.add_argument("--d-model", type=int, default=64)
+    p.add_argument("--layers", type=int, default=2)
+    p.add_argument("--val-every", type=int, default=10, help="every k-th demonstration segment is held out")
+    p.add_argument("--max-episodes", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from hvla_ros import lerobot_compat as lc
+    from hvla_ros.executor.demos import SKILL_PATTERNS, load_demos
+    from hvla_ros.refiner import train as tr
+    from hvla_ros.refiner.anchor import DiffusionAnchor
+    from hvla_ros.refiner.model import RefineModel, RefinerConfig
+    from hvla_ros.robot import ROBOTS
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    pattern = args.pattern or SKILL_PATTERNS.get(args.skill)
+    if pattern is None:
+        log.error("no task pattern for skill %r; pass --pattern", args.skill)
+        return 2
+    try:
+        bundle = lc.load_policy_dir(args.policy)
+    except lc.PolicyLoadError as e:
+        log.error("%s", e)
+        return 2
+    _, h, w = bundle.image_shape
+    data = load_demos(args.dataset, cameras=bundle.cameras, image_hw=(h, w), pattern=pattern,
+                      instruction_dim=bundle.instruction_dim, max_episodes=args.max_episodes)
+    joints = tuple(data.action_names)
+    grippers = tuple(j for r in ROBOTS.values() for j in r.gripper_joints if j in joints)
+    anchor = DiffusionAnchor(bundle, joints)
+    cfg = bundle.config
+    n = len(data)
+    seg = np.unique(data.seg_start, return_inverse=True)[1]
+    val_mask = (seg % max(args.val_every, 2)) == 0 if seg.max() > 0 else np.arange(n) % 10 == 0
+
+    def batches(idx: np.ndarray):
+        for s in range(0, len(idx), 64):
+            yield data.sample(idx[s:s + 64], int(cfg.n_obs_steps), int(cfg.horizon))
+
+    progress = not args.no_progress
+    train_set = tr.collect(anchor, batches(np.flatnonzero(~val_mask)), progress=progress)
+    val_set = tr.collect(anchor, batches(np.flatnonzero(val_mask)), progress=progress)
+    scale, center = tr.action_statistics(train_set.target)
+    rcfg = RefinerConfig(joint_names=joints, gripper_names=grippers, chunk_size=anchor.chunk_size,
+                         context_tokens=anchor.context_tokens, context_dim=anchor.context_dim,
+                         d_model=args.d_model, n_layers=args.layers, margin=args.margin,
+                         grip_weight=args.grip_weight, action_scale=scale,
+                         action_center=center).with_ablation(args.ablation)
+    model = RefineModel(rcfg, latent_init=anchor.action_latent_tokens())
+    tcfg = tr.TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                          progress=progress)
+    if rcfg.detach_anchor:
+        history = tr.train_cached(model, train_set, tcfg)
+    else:
+        rng = np.random.default_rng(args.seed)
+        train_idx = np.flatnonzero(~val_mask)
+        history = tr.train_online(
+            model, anchor, lambda: data.sample(rng.choice(train_idx, args.batch_size), int(cfg.n_obs_steps),
+                                               int(cfg.horizon)), tcfg)
+    metrics = tr.evaluate(model, val_set)
+    compact = tr.compactness(train_set, rcfg.arm_index)
+    meta = {"skill": args.skill, "policy_dir": str(args.policy), "dataset": str(args.dataset),
+            "ablation": args.ablation, "train_samples": len(train_set), "val_samples": len(val_set),
+            "steps": args.steps, "seed": args.seed, "val_metrics": metrics, "compactness": compact,
+            "final_loss": history[-1] if history else None}
+    tr.save_refiner(model, args.out, meta)
+    print(json.dumps({"out": str(args.out), "val_metrics": metrics, "compactness": compact}, indent=2))
+    return 0
