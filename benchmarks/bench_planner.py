@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import percentiles, print_table, write_result  # noqa: E402
+from _common import percentiles, print_table, write_result
 
-from hvla_ros.planner import (  # noqa: E402
+from hvla_ros.planner import (
     EpisodeRunner,
     ExecutionReport,
     Executor,
@@ -86,7 +86,8 @@ def run(n_subtasks: int, memory: MemoryConfig, log_dir: Path, ep: str) -> dict:
         cps = [(json.loads(line)["k"], len(line)) for line in f if '"event":"checkpoint"' in line]
     at_50 = next(size for k, size in cps if k >= 50) if n_subtasks > 50 else cps[-1][1]
     m = runner.status.memory
-    return {"overheads": list(res.decision_overheads_s), "cpu": list(res.decision_cpu_s), "history": len(m.history), "errors": len(m.errors),
+    return {"overheads": list(res.decision_overheads_s), "cpu": list(res.decision_cpu_s),
+            "history": len(m.history), "errors": len(m.errors),
             "checkpoint_at_50": at_50, "checkpoint_end": cps[-1][1]}
 
 
@@ -116,7 +117,8 @@ def main() -> int:
             wall = time.perf_counter() - t0
             pct = percentiles([s * 1e3 for s in samples])
             pct_cpu = percentiles([s * 1e3 for s in cpu])
-            figures[name] = {"overhead_ms": pct, "overhead_cpu_ms": pct_cpu, "history_len": last["history"], "errors_len": last["errors"],
+            figures[name] = {"overhead_ms": pct, "overhead_cpu_ms": pct_cpu, "history_len": last["history"],
+                             "errors_len": last["errors"],
                              "checkpoint_bytes_at_subtask_50": last["checkpoint_at_50"],
                              "checkpoint_bytes_at_end": last["checkpoint_end"], "wall_s": wall}
             rows.append([name, pct["p50"], pct["p99"], pct_cpu["p50"], pct_cpu["p99"], pct["n"], last["history"],
