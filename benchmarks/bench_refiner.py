@@ -20,12 +20,12 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import percentiles, print_table, write_result  # noqa: E402
+from _common import percentiles, print_table, write_result
 
-from hvla_ros.refiner.model import RefineModel, RefinerConfig  # noqa: E402
-from hvla_ros.refiner.runtime import ChunkRefiner  # noqa: E402
-from hvla_ros.refiner.safety import Chunk, SafetyConfig, SafetyFilter  # noqa: E402
-from hvla_ros.robot import GRIPPER_JOINT, HOME_POSITION, JOINTS, SO101  # noqa: E402
+from hvla_ros.refiner.model import RefineModel, RefinerConfig
+from hvla_ros.refiner.runtime import ChunkRefiner
+from hvla_ros.refiner.safety import Chunk, SafetyConfig, SafetyFilter
+from hvla_ros.robot import GRIPPER_JOINT, HOME_POSITION, JOINTS, SO101
 
 
 def encoder_latency(n: int) -> dict[str, float] | None:

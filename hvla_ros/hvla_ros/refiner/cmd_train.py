@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -75,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     seg = np.unique(data.seg_start, return_inverse=True)[1]
     val_mask = (seg % max(args.val_every, 2)) == 0 if seg.max() > 0 else np.arange(n) % 10 == 0
 
-    def batches(idx: np.ndarray):
+    def batches(idx: np.ndarray) -> Iterator[dict]:
         for s in range(0, len(idx), 64):
             yield data.sample(idx[s:s + 64], int(cfg.n_obs_steps), int(cfg.horizon))
 
@@ -96,9 +97,11 @@ def run(args: argparse.Namespace) -> int:
     else:
         rng = np.random.default_rng(args.seed)
         train_idx = np.flatnonzero(~val_mask)
-        history = tr.train_online(
-            model, anchor, lambda: data.sample(rng.choice(train_idx, args.batch_size), int(cfg.n_obs_steps),
-                                               int(cfg.horizon)), tcfg)
+
+        def next_batch() -> dict:
+            return data.sample(rng.choice(train_idx, args.batch_size), int(cfg.n_obs_steps), int(cfg.horizon))
+
+        history = tr.train_online(model, anchor, next_batch, tcfg)
     metrics = tr.evaluate(model, val_set)
     compact = tr.compactness(train_set, rcfg.arm_index)
     meta = {"skill": args.skill, "policy_dir": str(args.policy), "dataset": str(args.dataset),
