@@ -193,8 +193,24 @@ def test_bad_goals_end_cleanly_with_the_reason(rclpy_context, planner_process, s
         res = h.wait(h.send("fly to the moon").get_result_async(), 60.0)
         assert res.status == GoalStatus.STATUS_ABORTED
         assert res.result.error_code == res.result.ERROR_PLANNING_FAILED and "no goal template" in res.result.error_msg
-        res = h.wait(h.send("   ").get_result_async(), 30.0)
-        assert res.result.error_code == res.result.ERROR_INVALID_GOAL
+        for bad in ("   ", "x" * 5000, "put the red cube\x00 in the box", "\u202e\u0007"):
+            res = h.wait(h.send(bad).get_result_async(), 30.0)
+            # (a NUL ends a ROS string: that goal arrives truncated and matches no template)
+            assert res.result.error_code in (res.result.ERROR_INVALID_GOAL, res.result.ERROR_PLANNING_FAILED)
+            assert not res.result.success and res.result.error_msg
+        # A malformed camera image is refused with a log line, not a crash.
+        from sensor_msgs.msg import Image
+
+        from hvla_ros import topics
+        from hvla_ros.rosutil.qos import IMAGE_QOS
+
+        bad_pub = h.node.create_publisher(Image, topics.camera_image("front"), IMAGE_QOS)
+        for _ in range(5):
+            bad_pub.publish(Image(height=10, width=10, encoding="rgb8", step=30, data=b"\x00" * 7))
+            bad_pub.publish(Image(height=4, width=4, encoding="weird", step=12, data=b"\x00" * 48))
+            time.sleep(0.05)
+        res = h.wait(h.send("an unknown goal").get_result_async(), 60.0)
+        assert res.result.error_code == res.result.ERROR_PLANNING_FAILED
         assert h.received == []
     finally:
         h.close()
