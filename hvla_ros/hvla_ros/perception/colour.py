@@ -12,16 +12,21 @@ import numpy as np
 
 _BINS = (18, 8, 8)  # hue (0..179), saturation, value
 _NBINS = _BINS[0] * _BINS[1] * _BINS[2]
-# Per-byte lookup tables from HSV channel values to their bin offsets (a 3-D histogram cannot be
-# passed through OpenCV's Python bindings: a 3-D array becomes a multi-channel 2-D matrix).
-_H_OFF = (np.minimum(np.arange(256) * _BINS[0] // 180, _BINS[0] - 1) * _BINS[1] * _BINS[2]).astype(np.int32)
-_S_OFF = ((np.arange(256) * _BINS[1] // 256) * _BINS[2]).astype(np.int32)
-_V_OFF = (np.arange(256) * _BINS[2] // 256).astype(np.int32)
+# Per-channel lookup table from HSV values (OpenCV ranges) to bin numbers, applied with cv2.LUT
+# in one pass over the three channels. (A 3-D histogram cannot go through OpenCV's Python
+# bindings: a 3-D array becomes a multi-channel 2-D matrix, hence the explicit bin indices.)
+_BIN_LUT = np.stack([np.minimum(np.arange(256) * _BINS[0] // 180, _BINS[0] - 1),
+                     np.arange(256) * _BINS[1] // 256,
+                     np.arange(256) * _BINS[2] // 256], axis=1).astype(np.uint8).reshape(256, 1, 3)
 
 
 def bin_index(hsv: np.ndarray) -> np.ndarray:
-    """Histogram bin of every pixel of an ``H x W x 3`` HSV (OpenCV ranges) image."""
-    return _H_OFF[hsv[..., 0]] + _S_OFF[hsv[..., 1]] + _V_OFF[hsv[..., 2]]
+    """Histogram bin (0.._NBINS-1) of every pixel of an ``H x W x 3`` HSV (OpenCV ranges) image."""
+    b = np.asarray(cv2.LUT(np.ascontiguousarray(hsv), _BIN_LUT), dtype=np.uint8)
+    idx = b[..., 0].astype(np.uint16) * np.uint16(_BINS[1] * _BINS[2])
+    idx += b[..., 1].astype(np.uint16) * np.uint16(_BINS[2])
+    idx += b[..., 2]
+    return idx
 
 
 def hsv_hist(hsv: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
