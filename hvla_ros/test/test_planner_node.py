@@ -61,7 +61,7 @@ def planner_process(tmp_path_factory):
 class Harness:
     """Camera publisher, executor double and goal client in one node spun in a background thread."""
 
-    def __init__(self, context, images, mode: str = "expert") -> None:
+    def __init__(self, context, images, mode: str = "expert", namespace: str = "") -> None:
         from rclpy.action import ActionClient, ActionServer, CancelResponse
         from rclpy.callback_groups import ReentrantCallbackGroup
         from rclpy.executors import MultiThreadedExecutor
@@ -81,7 +81,7 @@ class Harness:
         self.goal_seen = threading.Event()
         self.plan_states: list[int] = []
         self.subtasks_seen: list[str] = []
-        self.node = Node("planner_test_harness", context=context)
+        self.node = Node("planner_test_harness", namespace=namespace, context=context)
         cb = ReentrantCallbackGroup()
         pub = self.node.create_publisher(Image, topics.camera_image("front"), IMAGE_QOS)
         self.node.create_timer(0.05, lambda: pub.publish(to_image_msg(self.images[self.index], "rgb8")),
@@ -98,6 +98,13 @@ class Harness:
             self.received.append(handle.request.subtask.instruction)
             self.goal_seen.set()
             result = ExecuteSubtask.Result()
+            if self.mode == "silent":  # never answers until canceled
+                deadline = time.monotonic() + 30
+                while not handle.is_cancel_requested and time.monotonic() < deadline:
+                    time.sleep(0.02)
+                self.cancel_seen.set()
+                handle.canceled()
+                return result
             if self.mode == "hold":
                 deadline = time.monotonic() + 30
                 while not handle.is_cancel_requested and time.monotonic() < deadline:
@@ -216,3 +223,41 @@ def test_bad_goals_end_cleanly_with_the_reason(rclpy_context, planner_process, s
         h.close()
     proc, _ = planner_process
     assert proc.poll() is None, "planner_node must survive bad goals"
+
+
+def test_a_silent_executor_takes_the_timeout_path(rclpy_context, scene_images, tmp_path):
+    """horizon + margin without a result: the planner cancels the subtask and records a timeout."""
+    import importlib.resources
+    import json
+
+    import yaml
+    from action_msgs.msg import GoalStatus
+
+    doc = yaml.safe_load(importlib.resources.files("hvla_ros").joinpath("config/goal_templates.yaml").read_text())
+    doc["tasks"] = {"cube_in_box": doc["tasks"]["cube_in_box"]}
+    for s in doc["tasks"]["cube_in_box"]["subtasks"]:
+        s["horizon_s"] = 0.5
+    templates = tmp_path / "templates.yaml"
+    templates.write_text(yaml.safe_dump(doc))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hvla_ros.nodes.planner_node", "--ros-args", "-r", "__ns:=/silent",
+         "-p", f"log_dir:={tmp_path}", "-p", f"templates:={templates}", "-p", "executor_margin_s:=1.0",
+         "-p", "max_attempts:=1", "-p", "max_replans:=0", "-p", "executor_wait_s:=20.0", "-p", "image_wait_s:=20.0"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ})
+    h = Harness(rclpy_context, scene_images, mode="silent", namespace="silent")  # apart from the other planner
+    try:
+        res = h.wait(h.send(GOAL).get_result_async(), 60.0)
+        assert res.status == GoalStatus.STATUS_ABORTED
+        assert res.result.error_code == res.result.ERROR_SUBTASK_FAILED and "horizon + margin" in res.result.error_msg
+        assert h.cancel_seen.wait(5), "the silent subtask was not canceled"
+        with open(res.result.log_path) as f:
+            verdicts = [e for e in map(json.loads, f) if e["event"] == "verdict"]
+        assert verdicts[0]["status"] == "timeout" and verdicts[0]["error"] == "executor_silent"
+    finally:
+        h.close()
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)

@@ -216,12 +216,16 @@ class RosExecutor(Executor):
                 return ExecutionReport("error", error="the executor rejected the subtask", images=node.latest_images())
             node.set_subtask_handle(handle)
             result_future = handle.get_result_async()
+            # Horizon + margin in ROS time (sim time when use_sim_time is set: a sim slower than real
+            # time is not mistaken for a silent executor), with a wall-clock backstop if time stalls.
             limit = subtask.horizon_s + float(node.p["executor_margin_s"])
+            ros_t0 = node.get_clock().now().nanoseconds
             while not result_future.done():
                 if self.canceled.is_set():
                     node.wait_future(handle.cancel_goal_async(), 2.0)
                     return ExecutionReport("canceled", error="goal canceled", images=node.latest_images())
-                if time.monotonic() - t0 > limit:
+                ros_elapsed = (node.get_clock().now().nanoseconds - ros_t0) * 1e-9
+                if ros_elapsed > limit or time.monotonic() - t0 > 3 * limit + 30.0:
                     node.wait_future(handle.cancel_goal_async(), 2.0)
                     return ExecutionReport("silent", steps=0, elapsed_s=time.monotonic() - t0,
                                            error=f"no result within horizon + margin ({limit:g} s)",
