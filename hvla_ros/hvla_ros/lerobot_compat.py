@@ -439,3 +439,20 @@ def training_loss(bundle: PolicyBundle, batch: Mapping[str, torch.Tensor]) -> to
 def action_delta_indices(config: Any) -> list[int]:
     """Frame offsets of the action targets relative to the current frame (diffusion convention)."""
     return list(range(1 - config.n_obs_steps, 1 - config.n_obs_steps + config.horizon))
+
+
+@torch.no_grad()
+def observation_context(bundle: PolicyBundle, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """The policy's shared observation context: the UNet's global conditioning vector.
+
+    ``batch``: raw (unnormalized) features with batch and history dims, as :meth:`DemoData.sample`
+    returns them (B x n_obs_steps x ...). Returns B x (n_obs_steps * (image features + state +
+    instruction)) — what a residual refiner conditions on alongside the anchor chunk.
+    """
+    from lerobot.utils.constants import OBS_IMAGES
+
+    cfg = bundle.policy.config
+    normalized = bundle.preprocessor({k: v for k, v in batch.items() if k not in (ACTION_KEY, "action_is_pad")})
+    if cfg.image_features:
+        normalized[OBS_IMAGES] = torch.stack([normalized[k] for k in cfg.image_features], dim=-4)
+    return bundle.policy.diffusion._prepare_global_conditioning(normalized)  # type: ignore[no-any-return]

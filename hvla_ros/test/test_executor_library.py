@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from hvla_ros.executor.library import SkillConfigError, SkillLibrary, UnknownSkillError
 from hvla_ros.robot import JOINTS
 
@@ -15,6 +16,7 @@ from hvla_ros.robot import JOINTS
 @pytest.fixture(scope="module")
 def policy_dir(tmp_path_factory) -> Path:
     import torch
+
     from hvla_ros.executor.training import save_untrained_policy
 
     torch.set_num_threads(1)

@@ -6,6 +6,7 @@ import itertools
 
 import numpy as np
 import pytest
+
 from hvla_ros.executor.instruction import encode_instruction, tokens
 from hvla_ros.executor.library import SkillLibrary
 from hvla_ros.executor.runner import (
@@ -23,6 +24,7 @@ PERIOD = 1 / 30
 @pytest.fixture(scope="module")
 def library(tmp_path_factory) -> SkillLibrary:
     import torch
+
     from hvla_ros.executor.training import save_untrained_policy
 
     torch.set_num_threads(1)

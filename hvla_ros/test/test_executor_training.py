@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+
 from hvla_ros.cli import main as hvla
 
 
@@ -108,3 +109,17 @@ def test_bad_arguments_fail_cleanly(dataset, tmp_path):
     assert hvla(_args(dataset, tmp_path / "x", 1, "--pattern", "^fly")) == 2  # no frames match
     assert hvla(_args(tmp_path / "nowhere", tmp_path / "y", 1)) == 2
     assert hvla(_args(dataset, tmp_path / "z", 1, "--cameras", "top")) == 2
+
+
+def test_observation_context_for_the_refiner(dataset, tmp_path):
+    from hvla_ros import lerobot_compat as lc
+    from hvla_ros.executor.demos import load_demos
+
+    assert hvla(_args(dataset, tmp_path / "ctx", 1)) == 0
+    bundle = lc.load_policy_dir(tmp_path / "ctx")
+    data = load_demos(dataset, cameras=None, image_hw=(24, 32), pattern=r"^pick up")
+    batch = data.sample(np.arange(3), n_obs_steps=2, horizon=8)
+    ctx = lc.observation_context(bundle, batch)
+    # 2 obs steps x (2 cameras x 64 keypoint features + 6 joints + 16 instruction values)
+    assert tuple(ctx.shape) == (3, 2 * (2 * 64 + 6 + 16))
+    assert bool(ctx.isfinite().all())
