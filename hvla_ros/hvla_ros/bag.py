@@ -104,7 +104,9 @@ class BagRecorder:
         """Subscribe to newly visible topics that should be recorded; returns the new ones."""
         from hvla_ros.rosutil.qos import STATE_QOS
 
-        added = []
+        added: list[str] = []
+        if self._closed:
+            return added
         for topic, types in self._node.get_topic_names_and_types():
             if topic in self._connections or not types:
                 continue

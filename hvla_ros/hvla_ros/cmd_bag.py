@@ -54,7 +54,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import rclpy
 
-    rclpy.init()
+    rclpy.init(args=[])  # our own arguments are not ROS arguments
     node = rclpy.create_node("hvla_bag")
     try:
         if args.command == "record":

@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
 
     from hvla_ros.operator import OperatorClient
 
-    rclpy.init()
+    rclpy.init(args=[])  # our own arguments are not ROS arguments
     node = OperatorClient(namespace=args.namespace or None)
     executor = SingleThreadedExecutor()
     executor.add_node(node)

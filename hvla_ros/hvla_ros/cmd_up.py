@@ -56,7 +56,10 @@ def run(args: argparse.Namespace) -> int:
         return 2
     run_dir = args.run_dir or Path("episodes") / time.strftime(
         f"%Y%m%d_%H%M%S_{graph.extra.get('task') if graph.hardware == 'sim' else graph.robot}")
-    session = GraphSession(graph, run_dir.resolve())
+    run_dir = run_dir.resolve()
+    if any(n.name == "planner" for n in graph.nodes):
+        graph = graph.with_parameters("planner", log_dir=str(run_dir / "episodes"))
+    session = GraphSession(graph, run_dir)
     goal = graph.goal if demo else overrides.get("goal", "")
     return session.run(goal=goal, timeout=args.timeout, startup_timeout=args.startup_timeout, stay_up=not demo)
 
@@ -78,12 +81,13 @@ class GraphSession:
 
         previous = signal.signal(signal.SIGINT, lambda *_: self._interrupted.set())
         runner = GraphRunner(self.graph, self.run_dir)
-        rclpy.init()
+        rclpy.init(args=[])  # our own arguments are not ROS arguments
         node = OperatorClient(namespace=self.graph.namespace or None)
         manager = LifecycleManager(node, self.graph.lifecycle_nodes, self.graph.namespace)
         executor: MultiThreadedExecutor | None = None
         spin_thread: threading.Thread | None = None
         recorder = None
+        discovery_timer = None
         code = 1
         try:
             print(f"[hvla] starting {len(self.graph.nodes)} nodes: "
@@ -96,7 +100,8 @@ class GraphSession:
                 from hvla_ros.bag import BagRecorder
 
                 recorder = BagRecorder(node, self.run_dir / "bag")
-                node.create_timer(1.0, recorder.discover)
+                recorder.discover()  # every node is up: most topics exist already
+                discovery_timer = node.create_timer(1.0, recorder.discover)
             executor = MultiThreadedExecutor(num_threads=4)
             executor.add_node(node)
             spin_thread = threading.Thread(target=executor.spin, daemon=True)
@@ -120,6 +125,8 @@ class GraphSession:
                 executor.shutdown(timeout_sec=2.0)
             if spin_thread is not None:
                 spin_thread.join(timeout=5.0)
+            if discovery_timer is not None:
+                node.destroy_timer(discovery_timer)
             if recorder is not None:
                 path = recorder.close()
                 print(f"[hvla] bag: {path} ({recorder.stats.messages} messages)", flush=True)

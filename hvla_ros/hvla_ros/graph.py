@@ -93,6 +93,14 @@ class Graph:
         """Lifecycle node names in activation order (the order of :attr:`nodes`)."""
         return [n.name for n in self.nodes if n.lifecycle]
 
+    def with_parameters(self, name: str, **values: Any) -> Graph:
+        """A copy of the graph with parameters of node ``name`` set (e.g. a run's log directory)."""
+        from dataclasses import replace
+
+        nodes = [replace(n, parameters={**n.parameters, **values}) if n.name == name else n for n in self.nodes]
+        self.node(name)  # raises for an unknown node
+        return replace(self, nodes=nodes)
+
     def node(self, name: str) -> NodeSpec:
         for n in self.nodes:
             if n.name == name:
@@ -213,8 +221,10 @@ def build_graph(overrides: dict[str, str] | None = None) -> Graph:
         description="AnchorRefine + last-line safety; streams JointTrajectory to the controllers"))
     nodes.append(NodeSpec(
         "planner", "planner_node", lifecycle=True,
-        parameters=section("planner", backend=args["reasoner"], model=args["reasoner_model"],
-                           base_url=args["reasoner_url"], **lifecycle_autostart),
+        parameters=section("planner", backend=args["reasoner"],
+                           **({"model": args["reasoner_model"]} if args["reasoner_model"] else {}),
+                           **({"base_url": args["reasoner_url"]} if args["reasoner_url"] else {}),
+                           cameras=[robot.scene_camera], **lifecycle_autostart),
         description="Goal2Skill planner: plan, verify, reflect, memory; ExecuteGoal action server"))
     return Graph(
         nodes=nodes,
