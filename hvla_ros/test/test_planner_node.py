@@ -176,6 +176,36 @@ def test_planner_node_completes_a_goal_over_dds(rclpy_context, planner_process, 
         h.close()
 
 
+def test_pause_holds_between_subtasks_and_resume_continues(rclpy_context, planner_process, scene_images):
+    from action_msgs.msg import GoalStatus
+
+    from hvla_interfaces.msg import PlanState
+    from hvla_interfaces.srv import SetPaused
+    from hvla_ros import topics
+
+    h = Harness(rclpy_context, scene_images)
+    client = h.node.create_client(SetPaused, topics.SET_PAUSED_SERVICE)
+    try:
+        assert client.wait_for_service(timeout_sec=30.0)
+        idle = h.wait(client.call_async(SetPaused.Request(paused=True)), 10.0)
+        assert idle.error_code == SetPaused.Response.ERROR_NO_EPISODE
+        handle = h.send(GOAL)
+        assert h.goal_seen.wait(30)
+        assert h.wait(client.call_async(SetPaused.Request(paused=True)), 10.0).paused
+        deadline = time.monotonic() + 20
+        while PlanState.STATE_PAUSED not in h.plan_states and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert PlanState.STATE_PAUSED in h.plan_states
+        time.sleep(0.5)
+        assert h.received == ["pick up the red cube"]  # nothing new issued while paused
+        assert not h.wait(client.call_async(SetPaused.Request(paused=False)), 10.0).paused
+        res = h.wait(handle.get_result_async(), 60.0)
+        assert res.status == GoalStatus.STATUS_SUCCEEDED and h.received[-1] == "place the red cube in the box"
+    finally:
+        h.node.destroy_client(client)
+        h.close()
+
+
 def test_cancel_mid_episode_stops_the_executor(rclpy_context, planner_process, scene_images):
     from action_msgs.msg import GoalStatus
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from hvla_ros.planner.reasoner import Reasoner
@@ -45,7 +46,10 @@ def make_reasoner(s: ReasonerSettings) -> Reasoner:
     if s.backend == "transformers":
         from hvla_ros.planner.transformers_chat import TransformersChat
 
-        chat = TransformersChat(s.model, device=s.device, dtype=s.dtype, max_new_tokens=s.max_new_tokens)
+        # A path loads offline; a hub id may be fetched (or found in the local cache).
+        local = s.model.startswith(("/", ".", "~")) or os.path.exists(s.model)
+        chat = TransformersChat(os.path.expanduser(s.model), device=s.device, dtype=s.dtype,
+                                max_new_tokens=s.max_new_tokens, local_files_only=local)
     else:
         from hvla_ros.planner.openai_chat import OpenAIChat
 
