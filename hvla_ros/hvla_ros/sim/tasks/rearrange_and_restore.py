@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import mujoco
 import numpy as np
 
+from hvla_ros.robot import GRIPPER_OPEN
 from hvla_ros.sim.expert import Commander, up
 from hvla_ros.sim.scene import add_box
 from hvla_ros.sim.tasks.base import Expert, ExpertSubtask, Program, Task
@@ -123,8 +124,8 @@ class RearrangeAndRestore(Task):
         cmd = Commander(world)
         arm = cmd.arm()
 
-        def place(c: str, goal: np.ndarray) -> Program:
-            return lambda: arm.place(f"{c}_cube", goal + up(0.003))
+        def place(c: str, goal: np.ndarray, open_to: float = GRIPPER_OPEN) -> Program:
+            return lambda: arm.place(f"{c}_cube", goal + up(0.003), open_to=open_to)
 
         def pick(c: str) -> Program:
             return lambda: arm.pick(f"{c}_cube", CUBE_HALF)
@@ -133,5 +134,7 @@ class RearrangeAndRestore(Task):
         for c in CUBES:
             programs += [pick(c), place(c, self.beside[c])]
         for c in CUBES:
-            programs += [pick(c), place(c, self.origin[c])]
+            # back on the mat the other cube is close: open just enough to let go, so the
+            # swinging jaw does not knock it off its restored spot
+            programs += [pick(c), place(c, self.origin[c], open_to=0.55)]
         return Expert(cmd, self.subtasks(), programs)
