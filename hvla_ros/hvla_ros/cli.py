@@ -15,6 +15,7 @@ from collections.abc import Sequence
 #: subcommand -> (module, one-line help). Modules provide add_arguments(parser) and run(args).
 COMMANDS: dict[str, tuple[str, str]] = {
     "eval-skills": ("hvla_ros.executor.evaluate", "closed-loop success of the skills in the simulated tasks"),
+    "eval-refiner": ("hvla_ros.refiner.cmd_eval", "sim success: anchor-only vs refined vs ablations"),
     "train-refiner": ("hvla_ros.refiner.cmd_train", "train a skill's AnchorRefine refiner (phase 2, anchor frozen)"),
     "up": ("hvla_ros.cmd_up", "start the graph of bringup.launch.py (each node its own process)"),
     "demo": ("hvla_ros.cmd_up", "run the embedded default end to end: simulated SO-101, goal, report"),

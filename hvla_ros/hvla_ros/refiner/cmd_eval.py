@@ -1,0 +1,202 @@
+"""``hvla eval-refiner``: closed-loop success, anchor-only vs refined vs each ablation, in the sim.
+
+For each variant and seed the task's canonical subtasks run as in ``hvla eval-skills`` (same
+SkillRunner path), except that every anchor chunk goes through the variant's refiner (the
+anchor's context recomputed from the observation history, as refiner_node does) and then the
+safety filter, exactly what reaches the arm through refiner_node. ``anchor`` is the skills alone
+(pass-through: the safety filter only). Refiners are read from ``<refiners>/<variant>/<skill>/``
+(``hvla train-refiner --ablation <variant> --out <refiners>/<variant>/<skill>``).
+
+Printed beside the AnchorRefine paper's figures (their benchmarks, not ours: the deltas are
+what to compare), with the residual-target compactness each refiner measured on its training
+data (mean norm and covariance trace, raw actions vs residuals)::
+
+    hvla eval-refiner --task cube_in_box --seeds 0-49 --refiners refiners
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+#: Paper figures (success-rate points): full method gain over the anchor, and each ablation's
+#: change relative to the full method (LIBERO-Long, GR-1 backbone).
+PAPER_DELTA = {"full": +7.8, "no_gripper": -3.8, "naive_gripper_mse": -9.7, "no_detach": -6.6,
+               "anchor_concat": -2.7, "direct": -8.7}
+PRECISION_TASKS = ("cube_in_box", "pen_in_holder", "stack_blue_on_yellow", "open_drawer")
+
+
+def run_episode(world: Any, lib: Any, seed: int, refiner: Any, *, horizon_s: float | None,
+                cameras: list[str]) -> dict[str, Any]:
+    """One seeded episode with chunks refined by ``refiner`` (None = anchor only) and safety-filtered."""
+    from hvla_ros.executor.runner import Observation, ObservationBuffer, SkillRunner
+    from hvla_ros.refiner.runtime import observation_context_provider
+    from hvla_ros.refiner.safety import Chunk, SafetyConfig, SafetyFilter
+
+    world.reset(seed)
+    names = world.joint_names
+    safety = SafetyFilter(world.robot, SafetyConfig(latency_budget=0.0))
+    results: list[bool] = []
+    interventions = 0
+    for i, sub in enumerate(world.task.subtasks()):
+        skill = lib.get(sub.skill)
+        runner = SkillRunner(skill, sub.instruction, horizon_s, max_obs_age_s=1e9)
+        buf = ObservationBuffer(maxlen=8)
+        if refiner is not None and sub.skill in refiner.models:
+            refiner.providers[sub.skill] = observation_context_provider(skill, buf,
+                                                                          functools.partial(str, sub.instruction))
+
+        def observe(buf: ObservationBuffer = buf) -> None:
+            q = world.joint_positions()
+            safety.update_joint_state(names, q)
+            buf.add(Observation(stamp=world.time, images={c: world.render(c) for c in cameras},
+                                joints=dict(zip(names, q.tolist(), strict=True))))
+
+        observe()
+        while not runner.done:
+            planned = runner.next_chunk(buf.history(runner.n_obs_steps, runner.step_period), now=world.time)
+            positions = planned.positions
+            grippers = [j for j in planned.joint_names if j in world.robot.gripper_joints]
+            if refiner is not None:
+                positions = refiner.refine(sub.skill, planned.joint_names, positions, grippers,
+                                           planned.start_time).positions
+            stamps = planned.start_time + planned.step_period * np.arange(planned.num_steps)
+            cmd = safety.filter_chunk(Chunk(planned.joint_names, positions, stamps), world.time)
+            interventions += int(cmd.hold)
+            idx = [names.index(n) for n in cmd.joint_names]
+            for k in range(cmd.positions.shape[0]):
+                target = world.joint_targets().copy()
+                target[idx] = cmd.positions[k]
+                world.set_joint_targets(target)
+                world.step(world.control_steps)
+                observe()
+            if cmd.hold:  # refused: hold for the rest of the chunk's duration
+                for _ in range(max(planned.num_steps - 1, 0)):
+                    world.step(world.control_steps)
+                    observe()
+        ok = world.subtask_success(i)
+        results.append(ok)
+    world.step(round(world.task.settle_time / world.timestep))
+    return {"seed": seed, "subtasks": results, "success": bool(world.success()), "safety_holds": interventions}
+
+
+def _seeds(text: str) -> list[int]:
+    out: list[int] = []
+    for part in text.split(","):
+        a, _, b = part.partition("-")
+        out.extend(range(int(a), int(b) + 1) if b else [int(a)])
+    return out
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from hvla_ros.refiner.model import ABLATIONS
+
+    p.add_argument("--task", action="append", default=None,
+                   help=f"task id (repeatable; default: the precision tasks {list(PRECISION_TASKS)})")
+    p.add_argument("--seeds", type=_seeds, default=_seeds("0-49"), help="e.g. 0-49 or 1,5,9")
+    p.add_argument("--refiners", type=Path, required=True, help="root of <variant>/<skill>/ refiner checkpoints")
+    p.add_argument("--variants", default=",".join(["anchor", *ABLATIONS]),
+                   help="comma-separated: anchor and/or ablation names")
+    p.add_argument("--skills-file", default=None, help="skill library (default: the shipped one)")
+    p.add_argument("--horizon-s", type=float, default=None, help="per-subtask horizon (default: skill's)")
+    p.add_argument("--image-size", default="96x128", help="rendered HxW (the policy resizes)")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--out", type=Path, default=None, help="write all results as JSON")
+
+
+def _load_variant(root: Path, variant: str, skills: list[str]) -> tuple[Any, dict[str, Any]]:
+    from hvla_ros.refiner.runtime import ChunkRefiner
+    from hvla_ros.refiner.train import load_refiner
+
+    cr = ChunkRefiner()
+    compact: dict[str, Any] = {}
+    for s in skills:
+        d = root / variant / s
+        if d.is_dir():
+            model, meta = load_refiner(d)
+            cr.add(s, model, lambda start: None)
+            compact[s] = meta.get("compactness")
+    return cr, compact
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from hvla_ros.executor.library import SkillConfigError, SkillLibrary
+    from hvla_ros.sim.world import SimWorld
+
+    torch.set_num_threads(args.threads)
+    h, w = (int(v) for v in args.image_size.lower().split("x"))
+    try:
+        lib = SkillLibrary.load(args.skills_file)
+    except SkillConfigError as exc:
+        log.error("%s", exc)
+        return 2
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = [v for v in variants if v != "anchor" and v not in PAPER_DELTA]
+    if unknown:
+        log.error("unknown variants %s; expected anchor or %s", unknown, sorted(PAPER_DELTA))
+        return 2
+    report: dict[str, Any] = {"seeds": args.seeds, "tasks": {}}
+    for task in args.task or list(PRECISION_TASKS):
+        try:
+            world = SimWorld(task, image_size=(h, w))
+        except (KeyError, ValueError) as exc:
+            log.error("task %r is not available in the sim: %s", task, exc)
+            continue
+        try:
+            subs = world.task.subtasks()
+            needed = sorted({s.skill for s in subs})
+            missing = sorted(set(needed) - set(lib.names()))
+            if missing:
+                log.error("task %r needs skills %s that the library lacks (%s)", task, missing, lib.names())
+                continue
+            cams = sorted({c for s in subs for c in lib.get(s.skill).spec.cameras})
+            rows: dict[str, Any] = {}
+            for v in variants:
+                refiner, compact = (None, {}) if v == "anchor" else _load_variant(args.refiners, v, needed)
+                if refiner is not None and not refiner.models:
+                    log.error("no %s refiners for %s under %s; skipped", v, needed, args.refiners / v)
+                    continue
+                t0 = time.monotonic()
+                eps = [run_episode(world, lib, s, refiner, horizon_s=args.horizon_s, cameras=cams)
+                       for s in args.seeds]
+                rate = float(np.mean([e["success"] for e in eps]))
+                rows[v] = {"success": rate, "episodes": eps, "compactness": compact,
+                           "seconds": time.monotonic() - t0}
+                log.info("%s %s: %.0f%% over %d seeds", task, v, 100 * rate, len(eps))
+            report["tasks"][task] = rows
+            _print_task(task, rows, len(args.seeds))
+        finally:
+            world.close()
+    if args.out:
+        args.out.write_text(json.dumps(report, indent=1))
+    return 0 if report["tasks"] else 2
+
+
+def _print_task(task: str, rows: dict[str, Any], n: int) -> None:
+    base = rows.get("anchor", {}).get("success")
+    full = rows.get("full", {}).get("success")
+    print(f"\n{task}: success over {n} seeds (paper: LIBERO-Long GR-1 deltas, points)")
+    print(f"  {'variant':<20}{'success':>9}{'vs anchor':>11}{'vs full':>9}{'paper':>8}")
+    for v, r in rows.items():
+        s = r["success"]
+        d_anchor = f"{100 * (s - base):+.1f}" if base is not None and v != "anchor" else ""
+        d_full = f"{100 * (s - full):+.1f}" if full is not None and v not in ("anchor", "full") else ""
+        paper = f"{PAPER_DELTA[v]:+.1f}" if v in PAPER_DELTA else ""
+        print(f"  {v:<20}{100 * s:>8.1f}%{d_anchor:>11}{d_full:>9}{paper:>8}")
+    for v, r in rows.items():
+        for skill, c in (r.get("compactness") or {}).items():
+            if c:
+                print(f"  compactness {v}/{skill}: mean norm raw {c['raw_mean_norm']:.3f} -> residual "
+                      f"{c['residual_mean_norm']:.3f}; cov trace raw {c['raw_cov_trace']:.4f} -> residual "
+                      f"{c['residual_cov_trace']:.4f}")
