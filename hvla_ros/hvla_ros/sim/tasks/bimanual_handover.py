@@ -139,7 +139,9 @@ class BimanualHandover(Task):
         def place() -> Iterator[None]:
             offset = right.measured_grasp_point() - world.body_pos("cube")
             goal = world.body_pos("box") + up(BOX_HEIGHT + HALF + 0.012)
-            yield from right.move(goal + offset + up(0.02))
+            # the side grasp holds the cube by one corner region: carry it gently
+            yield from right.move(right.point + up(0.02), speed=SLOW_SPEED)
+            yield from right.move(goal + offset + up(0.02), speed=SLOW_SPEED)
             yield from right.move(goal + offset, speed=SLOW_SPEED)
             yield from right.hold(0.1)
             yield from right.set_gripper(GRIPPER_OPEN, 0.3)
