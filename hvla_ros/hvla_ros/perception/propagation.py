@@ -372,7 +372,7 @@ class MaskPropagator:
                     local, lik = shifted, lik_shifted
                     n = int(np.count_nonzero(local))
         colour_drift = max(0.0, 1.0 - lik / track.ref_likelihood)
-        k = np.ones((2 * cfg.grow_px + 1, 2 * cfg.grow_px + 1), np.uint8)  # separable: fast
+        k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * cfg.grow_px + 1, 2 * cfg.grow_px + 1))
         search = cv2.dilate(local.view(np.uint8), k).view(bool)
         snapped = _fill((prob >= 128) & search)
         ns = int(np.count_nonzero(snapped))
