@@ -122,7 +122,7 @@ def _replay(node: Any, args: argparse.Namespace) -> int:
                 first = next((s for s in map(header_stamp_ns, messages) if s is not None), None)
                 if first is not None:
                     comparison.publish_clock(first)
-            comparison.start(timeout=30.0)
+            comparison.start(timeout=90.0)
         stats = replay(node, messages, rate=args.rate, remap=remap,
                        wait_for_subscribers_s=args.wait_for_subscribers, publish_clock=args.clock)
         print(f"[hvla] published {stats.published} messages"
@@ -205,8 +205,10 @@ class ChunkComparison:
         deadline = time.monotonic() + timeout
         while not future.done() and time.monotonic() < deadline:
             time.sleep(0.05)
-        if not future.done() or not future.result().accepted:
-            raise BagError(f"the executor did not accept subtask {self.skill}:{self.instruction!r}")
+        if not future.done():
+            raise BagError(f"the executor did not answer the subtask goal within {timeout:.0f} s")
+        if not future.result().accepted:
+            raise BagError(f"the executor rejected subtask {self.skill}:{self.instruction!r}")
         self._goal_handle = future.result()
 
     def finish(self, messages: list[BagMessage], remap: dict[str, str]) -> dict[str, Any]:
