@@ -83,8 +83,11 @@ def test_python_imports_are_required_and_pinned() -> None:
     _, python, imports = _classify()
     required = _requirement_names(REQ / "runtime.txt") | _requirement_names(REQ / "no-deps.txt")
     pins = _pins(REQ / "constraints.txt") | _pins(REQ / "no-deps.txt")
+    optional = _requirement_names(REQ / "optional.txt")
     problems = []
     for module, dists in sorted(python.items()):
+        if _normalize(module) in optional:
+            continue  # imported lazily behind a feature the user opts into (requirements/optional.txt)
         if not dists:
             problems.append(f"'{module}' (imported by {sorted(imports[module])}) is not installed")
             continue
