@@ -26,7 +26,7 @@ sys.path.insert(0, str(HERE))
 from _common import percentiles, print_table, write_result  # noqa: E402
 
 from hvla_ros import topics  # noqa: E402
-from hvla_ros.perception.transport import PROFILE_ENV_VARS, fastdds_profile_path  # noqa: E402
+from hvla_ros.rosutil.transport import PROFILE_ENV_VARS, fastdds_profile_path  # noqa: E402
 
 WORKER = str(HERE / "_image_traffic.py")
 

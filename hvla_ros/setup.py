@@ -12,7 +12,7 @@ setup(
     version="0.1.0",
     # Namespace discovery also picks up the data-only folders (config/, description/, skills/).
     packages=find_namespace_packages(include=[PACKAGE, f"{PACKAGE}.*"]),
-    package_data={PACKAGE: ["py.typed", "config/*.yaml", "description/*", "assets/**/*", "skills/**/*"]},
+    package_data={PACKAGE: ["py.typed", "config/*.yaml", "config/*.xml", "description/*", "assets/**/*", "skills/**/*"]},
     include_package_data=True,
     data_files=[
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
@@ -20,7 +20,7 @@ setup(
         (f"share/{PACKAGE}/launch", glob("launch/*.launch.py")),
         # Configuration and robot descriptions live inside the Python package (so a pip install
         # finds them too) and are also installed where ROS tools look for them.
-        (f"share/{PACKAGE}/config", glob(f"{PACKAGE}/config/*.yaml")),
+        (f"share/{PACKAGE}/config", glob(f"{PACKAGE}/config/*.yaml") + glob(f"{PACKAGE}/config/*.xml")),
         (f"share/{PACKAGE}/description", glob(f"{PACKAGE}/description/*")),
     ],
     install_requires=["setuptools"],

@@ -54,6 +54,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import rclpy
 
+    from hvla_ros.rosutil.transport import use_large_data_profile
+
+    use_large_data_profile()  # this process exchanges camera images too
     rclpy.init(args=[])  # our own arguments are not ROS arguments
     node = rclpy.create_node("hvla_bag")
     try:

@@ -36,7 +36,9 @@ def run(args: argparse.Namespace) -> int:
     from rclpy.executors import SingleThreadedExecutor
 
     from hvla_ros.operator import OperatorClient
+    from hvla_ros.rosutil.transport import use_large_data_profile
 
+    use_large_data_profile()  # this process exchanges camera images too
     rclpy.init(args=[])  # our own arguments are not ROS arguments
     node = OperatorClient(namespace=args.namespace or None)
     executor = SingleThreadedExecutor()

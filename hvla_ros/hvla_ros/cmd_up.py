@@ -81,6 +81,9 @@ class GraphSession:
 
         previous = signal.signal(signal.SIGINT, lambda *_: self._interrupted.set())
         runner = GraphRunner(self.graph, self.run_dir)
+        from hvla_ros.rosutil.transport import use_large_data_profile
+
+        use_large_data_profile()  # this process exchanges camera images too
         rclpy.init(args=[])  # our own arguments are not ROS arguments
         node = OperatorClient(namespace=self.graph.namespace or None)
         manager = LifecycleManager(node, self.graph.lifecycle_nodes, self.graph.namespace)

@@ -53,7 +53,6 @@ from hvla_ros.perception import (
     make_segmenter,
 )
 from hvla_ros.perception.segmenter import Segmenter
-from hvla_ros.perception.transport import use_large_data_profile
 from hvla_ros.rosutil.images import ImageConversionError, from_image_msg, to_image_msg
 from hvla_ros.rosutil.node_main import run_node
 from hvla_ros.rosutil.params import ParamSpec, declare_params
@@ -383,10 +382,7 @@ def _make_node() -> PerceptionNode:
 
 
 def main(args: Sequence[str] | None = None) -> int:
-    # Large frames over shared memory instead of fragmented UDP (see perception/README.md);
-    # must happen before rclpy creates the DDS participant. HVLA_FASTDDS_PROFILE=0 opts out.
-    use_large_data_profile()
-    return run_node(_make_node, args)
+    return run_node(_make_node, args)  # run_node loads the large-data Fast DDS profile
 
 
 if __name__ == "__main__":

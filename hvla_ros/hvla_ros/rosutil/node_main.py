@@ -15,7 +15,14 @@ from rclpy.node import Node
 
 
 def run_node(factory: Callable[[], Node], args: Sequence[str] | None = None, *, threads: int = 4) -> int:
-    """Create the node with ``factory`` after ``rclpy.init`` and spin it until shutdown."""
+    """Create the node with ``factory`` after ``rclpy.init`` and spin it until shutdown.
+
+    Every node of the graph loads the large-data Fast DDS profile (camera images) unless the
+    user set a profile of their own (see :mod:`hvla_ros.rosutil.transport`).
+    """
+    from hvla_ros.rosutil.transport import use_large_data_profile
+
+    use_large_data_profile()
     rclpy.init(args=list(args) if args is not None else None)
     node: Node | None = None
     executor = MultiThreadedExecutor(num_threads=threads)
