@@ -192,6 +192,27 @@ def test_chunks_nan_estop_and_watchdog_single_arm(rclpy_context):
         assert t_hold - t_sent >= WATCHDOG - 0.05
         st = peer.wait_for(lambda: [m for _, m in peer.status if m.error_code == m.ERROR_WATCHDOG])[-1]
         assert st.holding
+        # 5. fuzz the subscriber: malformed chunks are refused, the node keeps serving
+        rng = np.random.default_rng(0)
+        rejected_before = st.chunks_rejected
+        for i in range(40):
+            from hvla_interfaces.msg import ActionChunk
+
+            m = ActionChunk()
+            m.header.stamp.sec = int(rng.integers(0, 2**31 - 1))
+            m.step_period.nanosec = int(rng.integers(0, 10**8))
+            names = list(SO101.joint_names)
+            m.joint_names = [names[j] for j in rng.integers(0, 6, rng.integers(0, 8))] + (["x"] if i % 3 else [])
+            m.num_steps = int(rng.integers(0, 5))
+            m.positions = rng.choice([np.nan, np.inf, 1e9, 0.1], int(rng.integers(0, 30))).tolist()
+            peer.chunk_pub.publish(m)
+            time.sleep(0.02)  # the chunk queue is 10 deep: do not outrun the subscriber
+        peer.wait_for(lambda: [m for _, m in peer.status if m.chunks_rejected >= rejected_before + 30])
+        peer.clear()
+        peer.send_chunk(pos, peer.now() + 0.5)
+        _, traj = peer.wait_for(lambda: [x for x in peer.trajs["arm"] if len(x[1].points) == 8]
+                                and next(x for x in peer.trajs["arm"] if len(x[1].points) == 8))
+        assert proc.poll() is None
     finally:
         peer.close()
         out = _stop(proc)

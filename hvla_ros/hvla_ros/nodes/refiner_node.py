@@ -249,7 +249,7 @@ class RefinerNode(LifecycleNode):
         out.origin = ActionChunk.ORIGIN_REFINED if res.refined else ActionChunk.ORIGIN_ANCHOR
         out.skill, out.episode_id = msg.skill, msg.episode_id
         out.subtask_id, out.chunk_index = msg.subtask_id, msg.chunk_index
-        self._refined_pub.publish(out)
+        self._send(self._refined_pub, out)
         return Chunk(chunk.joint_names, np.asarray(res.positions, dtype=float), chunk.stamps)
 
     def _on_estop(self, engage: bool, reason: str) -> None:
@@ -288,6 +288,13 @@ class RefinerNode(LifecycleNode):
             self._publish_status(now)
 
     # ------------------------------------------------------------------ output
+    def _send(self, pub: Any, msg: Any) -> None:
+        try:
+            pub.publish(msg)
+        except Exception:  # a timer firing while SIGTERM shuts the context down; rclpy raises several types
+            if self.context.ok():
+                raise
+
     def _publish(self, cmd: Command, now: float) -> None:
         """One JointTrajectory per arm the command covers (header stamp = now)."""
         if cmd.positions.shape[0] == 0:
@@ -307,7 +314,7 @@ class RefinerNode(LifecycleNode):
                     pt.velocities = [0.0] * len(cols)
                 pt.time_from_start = to_duration(max(float(cmd.stamps[k]) - now, 0.0))
                 traj.points.append(pt)
-            self._traj_pubs[arm.name].publish(traj)
+            self._send(self._traj_pubs[arm.name], traj)
 
     def _publish_status(self, now: float) -> None:
         f = self._filter
@@ -324,7 +331,7 @@ class RefinerNode(LifecycleNode):
         msg.steps_dropped_stale = c.steps_dropped_stale
         msg.error_code = int(c.error_code)
         msg.error_msg = c.error_msg
-        self._status_pub.publish(msg)
+        self._send(self._status_pub, msg)
 
 
 def _make_node() -> RefinerNode:
