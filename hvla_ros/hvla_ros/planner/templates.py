@@ -79,7 +79,8 @@ class Templates:
     lift_frac: float = 0.02
     near_frac: float = 0.06
     move_frac: float = 0.04
-    protrude_ratio: float = 1.28
+    protrude_score: float = 2.9
+    shift_frac: float = 0.025
 
     def match(self, goal: str) -> TaskTemplate | None:
         key = normalize_goal(goal)
@@ -146,7 +147,7 @@ def _task(task: str, doc: Mapping[str, Any], palette: Palette) -> TaskTemplate:
         for p in sub.post.predicates:
             for a in p.args[:1]:
                 if (
-                    p.name in ("visible", "lifted", "raised", "in", "on", "at", "off", "moved", "protrudes")
+                    p.name in ("visible", "lifted", "raised", "in", "on", "at", "off", "moved", "protrudes", "shifted")
                     and a not in objects
                     and "{" not in a
                 ):
@@ -199,5 +200,6 @@ def load_templates(path: str | Path | None = None) -> Templates:
         float(checks.get("lift_frac", 0.02)),
         float(checks.get("near_frac", 0.06)),
         float(checks.get("move_frac", 0.04)),
-        float(checks.get("protrude_ratio", 1.28)),
+        float(checks.get("protrude_score", 2.9)),
+        float(checks.get("shift_frac", 0.025)),
     )
