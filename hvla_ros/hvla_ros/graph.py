@@ -47,8 +47,9 @@ LAUNCH_ARGUMENTS: tuple[LaunchArgument, ...] = (
     LaunchArgument("segmenter", "classical", "perception segmenter backend", SEGMENTERS),
     LaunchArgument("segmenter_checkpoint", "", "checkpoint file for SAM-family segmenters"),
     LaunchArgument("skills_file", "", "skill library YAML; empty: the shipped skills"),
-    LaunchArgument("refine", "true", "AnchorRefine refinement on (false: pass-through, same timing)",
-                   ("true", "false")),
+    LaunchArgument("refine", "false", "AnchorRefine refinement on (needs trained refiners: refiner_dir); "
+                   "false: pass-through with the same timing and the same safety layer", ("true", "false")),
+    LaunchArgument("refiner_dir", "", "directory of <skill>/ refiner checkpoints (hvla train-refiner)"),
     LaunchArgument("namespace", "", "namespace pushed onto every node"),
     LaunchArgument("use_sim_time", "auto", "use /clock; auto: true with hardware:=sim",
                    ("auto", "true", "false")),
@@ -217,6 +218,8 @@ def build_graph(overrides: dict[str, str] | None = None) -> Graph:
     nodes.append(NodeSpec(
         "refiner", "refiner_node", lifecycle=True,
         parameters=section("refiner", robot=robot.name, refine=_bool_arg(args, "refine"),
+                           skills_file=args["skills_file"],
+                           **({"refiner_dir": args["refiner_dir"]} if args["refiner_dir"] else {}),
                            **lifecycle_autostart),
         description="AnchorRefine + last-line safety; streams JointTrajectory to the controllers"))
     nodes.append(NodeSpec(

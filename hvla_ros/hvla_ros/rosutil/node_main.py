@@ -33,7 +33,8 @@ def run_node(factory: Callable[[], Node], args: Sequence[str] | None = None, *, 
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
-        executor.shutdown(timeout_sec=1.0)
+        # Let callbacks still running in the pool finish before their node is destroyed.
+        executor.shutdown(timeout_sec=5.0)
         if node is not None:
             node.destroy_node()
         rclpy.try_shutdown()
