@@ -102,7 +102,7 @@ class Peer:
         msg.skill = "pick"
         self.chunk_pub.publish(msg)
 
-    def wait_for(self, pred: Callable[[], object], timeout: float = 10.0):
+    def wait_for(self, pred: Callable[[], object], timeout: float = 30.0):
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             with self.lock:
