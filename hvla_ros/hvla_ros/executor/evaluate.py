@@ -61,6 +61,30 @@ def run_episode(world: Any, lib: Any, seed: int, *, horizon_s: float | None, ima
     return {"seed": seed, "subtasks": results, "success": bool(world.success())}
 
 
+def run_flat_episode(world: Any, skill: Any, seed: int, *, horizon_s: float, cameras: Sequence[str]) -> dict[str, Any]:
+    """The flat baseline: one policy runs the whole task from the goal text for ``horizon_s``."""
+    from hvla_ros.executor.runner import Observation, ObservationBuffer, SkillRunner
+
+    world.reset(seed)
+    names = world.joint_names
+    runner = SkillRunner(skill, world.task.goal, horizon_s, max_obs_age_s=1e9)
+    buf = ObservationBuffer(maxlen=8)
+
+    def observe() -> None:
+        buf.add(Observation(stamp=world.time, images={c: world.render(c) for c in cameras},
+                            joints=dict(zip(names, world.joint_positions().tolist(), strict=True))))
+
+    observe()
+    while not runner.done:
+        chunk = runner.next_chunk(buf.history(runner.n_obs_steps, runner.step_period), now=world.time)
+        for k in range(chunk.num_steps):
+            world.set_joint_targets(chunk.positions[k])
+            world.step(world.control_steps)
+            observe()
+    world.step(round(world.task.settle_time / world.timestep))
+    return {"seed": seed, "subtasks": [], "success": bool(world.success())}
+
+
 def _seeds(text: str) -> list[int]:
     out: list[int] = []
     for part in text.split(","):
@@ -80,6 +104,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image-size", default="96x128", help="rendered HxW (the policy resizes)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--out", type=Path, default=None, help="write per-seed results as JSON")
+    parser.add_argument("--flat", default=None, metavar="SKILL",
+                        help="evaluate a flat baseline: this one skill runs the whole task from the goal text")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -97,16 +123,21 @@ def run(args: argparse.Namespace) -> int:
         return 2
     world = SimWorld(args.task, image_size=(h, w))
     try:
-        subs = world.task.subtasks()
-        missing = sorted({s.skill for s in subs} - set(lib.names()))
+        subs = [] if args.flat else world.task.subtasks()
+        missing = sorted({s.skill for s in subs} - set(lib.names()) | ({args.flat} - set(lib.names()) - {None}))
         if missing:
             log.error(f"task {args.task!r} needs skills {missing} that the library lacks ({lib.names()})")
             return 2
-        cams = sorted({c for s in subs for c in lib.get(s.skill).spec.cameras})
+        used = [args.flat] if args.flat else [s.skill for s in subs]
+        cams = sorted({c for name in used for c in lib.get(name).spec.cameras})
         episodes = []
         t0 = time.monotonic()
         for seed in args.seeds:
-            ep = run_episode(world, lib, seed, horizon_s=args.horizon_s, image_hw=(h, w), cameras=cams)
+            if args.flat:
+                ep = run_flat_episode(world, lib.get(args.flat), seed, horizon_s=args.horizon_s or 10.0,
+                                      cameras=cams)
+            else:
+                ep = run_episode(world, lib, seed, horizon_s=args.horizon_s, image_hw=(h, w), cameras=cams)
             episodes.append(ep)
             log.info(f"seed {seed}: subtasks {ep['subtasks']} task {'success' if ep['success'] else 'failure'}")
     finally:
