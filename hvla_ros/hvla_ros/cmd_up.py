@@ -145,7 +145,7 @@ class GraphSession:
 
     def _run_goal(self, node: Any, runner: Any, frames: Any, goal: str, timeout: float, recorder: Any) -> int:
         from hvla_interfaces.msg import PlanState
-        from hvla_ros.operator import describe_plan
+        from hvla_ros.operator import STATE_NAMES, describe_plan
         from hvla_ros.report import write_report
 
         if not node.wait_for_planner(timeout=60.0):
@@ -161,7 +161,7 @@ class GraphSession:
             print(describe_plan(plan), flush=True)
             tag = (f"subtask {plan.current_index + 1} attempt {plan.attempt}"
                    if plan.current_index >= 0 else "start")
-            frames.snapshot(f"{tag} [{plan.state}]")
+            frames.snapshot(f"{tag} ({STATE_NAMES.get(plan.state, plan.state)})")
 
         node.on_plan(on_plan)
         print(f"[hvla] goal: {goal!r}", flush=True)
