@@ -78,6 +78,8 @@ def test_train_resume_and_load(dataset, tmp_path, capsys):
     assert "trained 'pick': 3 steps" in capsys.readouterr().out
     log1 = json.loads((out / "training_log.json").read_text())
     assert log1["steps"] == 3 and log1["frames"] == 20
+    assert hvla(_args(dataset, out, 6, "--resume", "--stop-after", "4")) == 0  # 6-step schedule, stop at 4
+    assert "trained 'pick': 4 steps" in capsys.readouterr().out
     assert hvla(_args(dataset, out, 5, "--resume")) == 0
     assert "trained 'pick': 5 steps" in capsys.readouterr().out
     meta = json.loads((out / "hvla_policy.json").read_text())

@@ -52,6 +52,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    parser.add_argument("--stop-after", type=int, default=None, metavar="STEP",
+                        help="stop at this step of the --steps schedule (resume later with --resume)")
     parser.add_argument("--checkpoint-every", type=int, default=250, help="steps between checkpoints")
     parser.add_argument(
         "--cameras", nargs="+", default=None, help="cameras to read (default: all in the dataset)"
@@ -116,6 +118,7 @@ def run(args: argparse.Namespace) -> int:
         flat_instruction=args.flat,
         max_episodes=args.max_episodes,
         checkpoint_every=args.checkpoint_every,
+        stop_after=args.stop_after,
         resume=args.resume,
         num_threads=args.threads,
         denoising_steps=args.denoising_steps,

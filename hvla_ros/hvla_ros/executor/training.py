@@ -49,6 +49,7 @@ class TrainConfig:
     flat_instruction: str | None = None
     max_episodes: int | None = None
     checkpoint_every: int = 250
+    stop_after: int | None = None  # stop (and checkpoint) at this step of the ``steps`` schedule
     resume: bool = False
     num_threads: int = 2
     denoising_steps: int = 10
@@ -78,7 +79,7 @@ def _meta(cfg: TrainConfig, data: DemoData) -> dict[str, Any]:
         "training": {
             k: (str(v) if isinstance(v, Path) else v)
             for k, v in asdict(cfg).items()
-            if k not in ("progress", "resume")
+            if k not in ("progress", "resume", "stop_after")
         },
     }
 
@@ -173,8 +174,9 @@ def train(cfg: TrainConfig) -> TrainResult:
         tmp.replace(state_dir / "state.pt")
 
     t_train = time.monotonic()
+    last = min(cfg.steps, cfg.stop_after) if cfg.stop_after else cfg.steps
     bar = tqdm(
-        range(start_step, cfg.steps),
+        range(start_step, last),
         initial=start_step,
         total=cfg.steps,
         desc=f"train {cfg.skill}",
@@ -194,10 +196,10 @@ def train(cfg: TrainConfig) -> TrainResult:
         losses.append(float(loss.item()))
         if step % 10 == 0:
             bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}", lr=f"{lr_at(step):.1e}")
-        if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
+        if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < last:
             checkpoint(step + 1)
     bar.close()
-    final_step = max(cfg.steps, start_step)
+    final_step = max(last, start_step)
     checkpoint(final_step)
     policy.eval()
     (out / "training_log.json").write_text(
