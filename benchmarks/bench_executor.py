@@ -78,7 +78,7 @@ def bench_in_process(skills_file: Path, names: list[str], n: int, raw: bool = Fa
     return out
 
 
-def bench_node(skills_file: Path, skill: str, n: int) -> dict[str, dict[str, float]]:
+def bench_node(skills_file: Path, skill: str, n: int, threads: int = 2) -> dict[str, dict[str, float]]:
     import rclpy
     from builtin_interfaces.msg import Duration
     from rclpy.action import ActionClient
@@ -98,7 +98,7 @@ def bench_node(skills_file: Path, skill: str, n: int) -> dict[str, dict[str, flo
     env = {**os.environ, "ROS_DOMAIN_ID": str(60 + os.getpid() % 30), "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST"}
     os.environ.update({k: env[k] for k in ("ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE")})
     proc = subprocess.Popen([sys.executable, "-m", "hvla_ros.nodes.executor_node", "--ros-args",
-                             "-p", f"skills_file:={skills_file}", "-p", "torch_threads:=2"],
+                             "-p", f"skills_file:={skills_file}", "-p", f"torch_threads:={threads}"],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     rclpy.init()
     node = Node("bench_executor")
@@ -173,7 +173,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer chunks")
     ap.add_argument("--skills-file", default=None, help="skill library (default: the shipped one)")
-    ap.add_argument("--threads", type=int, default=2, help="torch threads in-process (the node uses 2)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads, in-process and in the node")
     args = ap.parse_args()
     import torch
 
@@ -184,7 +184,7 @@ def main() -> int:
         # In-process runs before and after the node run, pooled: on a shared machine the load
         # drifts, and the bracketing keeps the baseline honest against the node measurement.
         before = bench_in_process(skills_file, names, n // 2, raw=True)
-        node = bench_node(skills_file, names[0], n)
+        node = bench_node(skills_file, names[0], n, args.threads)
         after = bench_in_process(skills_file, names, n - n // 2, raw=True)
         inproc = {k: percentiles(before[k] + after[k]) for k in names}
     rows = [[f"{k} in-process", v["p50"], v["p99"], v["n"]] for k, v in inproc.items()]

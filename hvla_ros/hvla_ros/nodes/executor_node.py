@@ -67,7 +67,8 @@ def _params() -> list[ParamSpec]:
         ParamSpec("device", "cpu", "torch device for the policies (cpu, cuda, cuda:N)", read_only=True,
                   check=lambda v: None if v == "cpu" or str(v).startswith("cuda")
                   else f"parameter 'device' must be 'cpu' or 'cuda[:N]', got {v!r}"),
-        ParamSpec("torch_threads", 2, "CPU threads for policy inference", min=1, max=64, read_only=True),
+        ParamSpec("torch_threads", 1, "CPU threads for policy inference (more than 1 competes with the node's "
+                  "own threads on small CPUs)", min=1, max=64, read_only=True),
         ParamSpec("max_observation_age_s", 0.5, "an observation older than this is stale: no new chunk",
                   min=0.01, max=60.0),
         ParamSpec("stale_abort_s", 5.0, "abort the subtask after observations stay stale this long",
