@@ -20,7 +20,9 @@ Tensor shapes at the policy interface (one observation, no batch dimension)::
 
     observation.images.<camera>   3 x H x W float32 in [0, 1]
     observation.state             D float32 (joint positions, radians)
-    observation.environment_state E float32 (instruction encoding, see executor.instruction)
+    observation.environment_state E float32 (instruction encoding, see executor.instruction;
+                                  with the colour-keypoint image encoder, the keypoints
+                                  of the cameras first, then the instruction encoding)
     action (policy output)        T x D   (chunk of joint targets)
 """
 
@@ -87,7 +89,15 @@ class PolicyBundle:
         return self.policy.config
 
     @property
+    def image_encoder(self) -> str:
+        """``pixels`` (images are policy inputs) or ``colour_keypoints`` (features in the env state)."""
+        return str(self.meta.get("image_encoder", "pixels"))
+
+    @property
     def cameras(self) -> list[str]:
+        """Cameras the policy reads, in the order the keypoint encoder concatenates them."""
+        if self.image_encoder != "pixels":
+            return [str(c) for c in self.meta.get("keypoint_cameras", [])]
         return [k[len(IMAGE_PREFIX) :] for k in self.policy.config.image_features]
 
     @property
@@ -105,9 +115,22 @@ class PolicyBundle:
         return int(self.policy.config.action_feature.shape[0])
 
     @property
-    def instruction_dim(self) -> int:
+    def env_dim(self) -> int:
+        """Size of ``observation.environment_state`` (keypoints + instruction)."""
         env = self.policy.config.env_state_feature
         return int(env.shape[0]) if env is not None else 0
+
+    @property
+    def instruction_dim(self) -> int:
+        """Size of the instruction encoding (the tail of the environment state)."""
+        if self.image_encoder != "pixels":
+            return int(self.meta.get("instruction_dim", 0))
+        return self.env_dim
+
+    @property
+    def keypoint_dim(self) -> int:
+        """Number of colour-keypoint values at the head of the environment state (0: pixels)."""
+        return self.env_dim - self.instruction_dim if self.image_encoder != "pixels" else 0
 
     def set_inference_steps(self, steps: int) -> None:
         """Number of denoising steps per chunk (DDIM can use few; DDPM needs the full count)."""
@@ -134,12 +157,19 @@ def make_diffusion_config(
     crop_ratio: float = 1.0,
     device: str = "cpu",
 ) -> Any:
-    """A DiffusionConfig for our observation layout (DDIM, no pretrained weights, no downloads)."""
+    """A DiffusionConfig for our observation layout (DDIM, no pretrained weights, no downloads).
+
+    ``cameras`` empty: a low-dimensional policy (no image features); then ``instruction_dim`` is
+    the whole environment state (e.g. colour keypoints + instruction) and must be > 0.
+    """
     from lerobot.configs.types import FeatureType, NormalizationMode, PolicyFeature
     from lerobot.policies.diffusion.configuration_diffusion import DiffusionConfig
 
-    if not cameras:
-        raise ValueError("a skill policy needs at least one camera (it must read the filtered images)")
+    if not cameras and instruction_dim <= 0:
+        raise ValueError(
+            "a skill policy needs at least one camera or an environment state (image features from "
+            "the filtered images)"
+        )
     h, w = image_hw
     inputs: dict[str, Any] = {
         image_key(c): PolicyFeature(type=FeatureType.VISUAL, shape=(3, h, w)) for c in cameras
@@ -185,7 +215,7 @@ def _compact_backbone(policy: Any, stages: int) -> None:
     softmax; the encoder's output dimension (2 x keypoints) does not change, so the UNet is
     untouched. Applied identically at creation and at load (recorded in hvla_policy.json).
     """
-    if stages == 4:
+    if stages == 4 or not policy.config.image_features:
         return
     if not 1 <= stages <= 4:
         raise ValueError(f"backbone stages must be in 1..4, got {stages}")

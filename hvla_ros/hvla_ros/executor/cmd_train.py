@@ -4,6 +4,9 @@ Examples::
 
     hvla train-skill --dataset demos/cube_in_box --skill pick --out skills/pick --steps 3000
     hvla train-skill --dataset demos/cube_in_box --skill pick --out skills/pick --steps 6000 --resume
+    # colour-keypoint image encoder (low-dimensional diffusion policy)
+    hvla train-skill --dataset demos/cube_in_box --skill pick --out skills/pick \\
+        --image-encoder colour_keypoints --cameras front wrist --steps 4000
     # flat baseline: one policy for the whole task, conditioned on the goal text
     hvla train-skill --dataset demos/cube_in_box --skill flat_cube_in_box --out skills/flat_cube_in_box \\
         --flat "put the red cube in the box"
@@ -81,6 +84,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="flat baseline: train on whole episodes conditioned on this goal text",
     )
     parser.add_argument("--max-episodes", type=int, default=None, help="use only the first N episodes")
+    parser.add_argument(
+        "--image-encoder",
+        choices=("pixels", "colour_keypoints"),
+        default="pixels",
+        help="pixels: ResNet image encoder; colour_keypoints: fixed colour-blob features of the "
+        "filtered images (a low-dimensional policy, fast on CPU)",
+    )
     parser.add_argument("--denoising-steps", type=int, default=10, help="DDIM steps stored as the default")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -122,6 +132,7 @@ def run(args: argparse.Namespace) -> int:
         resume=args.resume,
         num_threads=args.threads,
         denoising_steps=args.denoising_steps,
+        image_encoder=args.image_encoder,
         progress=not args.no_progress,
     )
     try:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +50,7 @@ class DemoData:
     action_names: list[str]
     tasks: list[str]
     num_segments: int
+    cameras: list[str] = field(default_factory=list)  # cameras read (images or keypoints), in order
 
     def __len__(self) -> int:
         return int(self.state.shape[0])
@@ -114,15 +115,24 @@ def load_demos(
     flat_instruction: str | None = None,
     instruction_dim: int = 16,
     max_episodes: int | None = None,
+    image_encoder: str = "pixels",
 ) -> DemoData:
     """Read the frames of ``root`` matching ``pattern`` (regex on the task text) into memory.
 
     ``flat_instruction``: use every frame of every episode, all with this instruction (the flat
-    baseline). ``instruction_dim`` 0 disables the instruction input.
+    baseline). ``instruction_dim`` 0 disables the instruction input. ``image_encoder``
+    ``colour_keypoints``: no images are kept; the colour keypoints of ``cameras`` (in that order,
+    see executor.keypoints) are computed from the full-size frames and put in front of the
+    instruction encoding in ``instruction`` (the policy's environment state).
     """
     import cv2
 
     from hvla_ros import lerobot_compat as lc
+    from hvla_ros.executor import keypoints as kp
+
+    if image_encoder not in kp.IMAGE_ENCODERS:
+        raise ValueError(f"image encoder must be one of {list(kp.IMAGE_ENCODERS)}, got {image_encoder!r}")
+    use_kp = image_encoder == kp.ENCODER_NAME
 
     ds = lc.open_dataset(root)
     feats = ds.meta.features
@@ -169,24 +179,31 @@ def load_demos(
     seg_start, seg_end = starts[seg_id], ends[seg_id]
     instr_text = [flat_instruction] * rows.size if flat_instruction is not None else list(texts[rows])
     cache: dict[str, np.ndarray] = {}
-    instruction = np.zeros((rows.size, instruction_dim), dtype=np.float32)
+    instruction: np.ndarray = np.zeros((rows.size, instruction_dim), dtype=np.float32)
     if instruction_dim:
         for i, t in enumerate(instr_text):
             if t not in cache:
                 cache[t] = encode_instruction(t, instruction_dim)
             instruction[i] = cache[t]
     h, w = image_hw
-    images = {c: np.empty((rows.size, 3, h, w), dtype=np.uint8) for c in cams}
+    images = {} if use_kp else {c: np.empty((rows.size, 3, h, w), dtype=np.uint8) for c in cams}
+    fpc = kp.features_per_camera()
+    keypoints = np.zeros((rows.size, fpc * len(cams)), dtype=np.float32)
     img_cols = hf.select_columns([lc.image_key(c) for c in cams])
     chunk = 256
     for s in range(0, rows.size, chunk):
         part = img_cols.select(rows[s : s + chunk].tolist())[:]
-        for c in cams:
+        for ci, c in enumerate(cams):
             for j, t in enumerate(part[lc.image_key(c)]):
                 arr = (t.numpy().transpose(1, 2, 0) * 255.0 + 0.5).astype(np.uint8)
+                if use_kp:
+                    keypoints[s + j, ci * fpc : (ci + 1) * fpc] = kp.encode_image(arr)
+                    continue
                 if arr.shape[:2] != (h, w):
                     arr = cv2.resize(arr, (w, h), interpolation=cv2.INTER_AREA)
                 images[c][s + j] = arr.transpose(2, 0, 1)
+    if use_kp:
+        instruction = np.concatenate([keypoints, instruction], axis=1)
     names = feats[lc.STATE_KEY].get("names") or [f"s{i}" for i in range(state.shape[1])]
     anames = feats[lc.ACTION_KEY].get("names") or [f"a{i}" for i in range(action.shape[1])]
     if isinstance(names, dict):  # some datasets nest names under "motors"
@@ -205,6 +222,7 @@ def load_demos(
         action_names=list(anames),
         tasks=sorted(set(instr_text)),
         num_segments=int(starts.size),
+        cameras=list(cams),
     )
     log.info(
         "loaded %d frames in %d segments from %s (tasks: %s)", len(data), data.num_segments, root, data.tasks

@@ -11,6 +11,7 @@ Loaded from YAML (default: the package's ``config/skills.yaml``)::
         state_joints: [...]       # optional, default: the robot's joints (policy state order)
         action_joints: [...]      # optional, default: state_joints (policy action order)
         instruction: hashed_bow   # instruction conditioning: hashed_bow | none (must match policy)
+        image_encoder: pixels     # pixels | colour_keypoints (executor.keypoints; must match policy)
         chunk_length: 16          # optional; the policy's prediction horizon (checked)
         n_action_steps: 8         # steps executed per chunk before predicting again
         default_horizon_s: 12.0   # used when Subtask.horizon is zero
@@ -43,6 +44,7 @@ log = logging.getLogger(__name__)
 
 HOLD = "hold"
 INSTRUCTION_MODES = ("hashed_bow", "none")
+IMAGE_ENCODERS = ("pixels", "colour_keypoints")
 _KEYS = frozenset(
     {
         "description",
@@ -51,6 +53,7 @@ _KEYS = frozenset(
         "state_joints",
         "action_joints",
         "instruction",
+        "image_encoder",
         "chunk_length",
         "n_action_steps",
         "default_horizon_s",
@@ -91,6 +94,7 @@ class SkillSpec:
     state_joints: tuple[str, ...] = ()
     action_joints: tuple[str, ...] = ()
     instruction: str = "none"
+    image_encoder: str = "pixels"
     chunk_length: int = 0
     n_action_steps: int = 1
     default_horizon_s: float = 5.0
@@ -242,6 +246,11 @@ def parse_skill(name: str, entry: Any, robot: RobotSpec, where: str) -> SkillSpe
         raise SkillConfigError(
             f"{ctx}: 'instruction' must be one of {list(INSTRUCTION_MODES)}, got {instruction!r}"
         )
+    encoder = entry.get("image_encoder", "pixels")
+    if encoder not in IMAGE_ENCODERS:
+        raise SkillConfigError(
+            f"{ctx}: 'image_encoder' must be one of {list(IMAGE_ENCODERS)}, got {encoder!r}"
+        )
     return SkillSpec(
         name=name,
         description=description,
@@ -250,6 +259,7 @@ def parse_skill(name: str, entry: Any, robot: RobotSpec, where: str) -> SkillSpe
         state_joints=state,
         action_joints=action,
         instruction=instruction,
+        image_encoder=encoder,
         chunk_length=num("chunk_length", 0, int, 0),
         n_action_steps=num("n_action_steps", 8, int, 1),
         default_horizon_s=horizon_s,
@@ -269,6 +279,11 @@ def load_skill(spec: SkillSpec, *, device: str = "cpu") -> Skill:
     except lc.PolicyLoadError as e:
         raise SkillConfigError(f"skill {spec.name!r}: {e}") from e
     cfg = bundle.config
+    if bundle.image_encoder != spec.image_encoder:
+        raise SkillConfigError(
+            f"{ctx}: the policy was trained with image encoder {bundle.image_encoder!r}, the entry "
+            f"declares image_encoder {spec.image_encoder!r}"
+        )
     if sorted(bundle.cameras) != sorted(spec.cameras):
         raise SkillConfigError(
             f"{ctx}: the policy reads cameras {bundle.cameras}, the entry declares {list(spec.cameras)}"

@@ -121,8 +121,10 @@ def policy_inputs(skill: Skill, obs: Observation, instruction_vec: np.ndarray | 
     from hvla_ros import lerobot_compat as lc
 
     bundle = skill.bundle
-    _, h, w = bundle.image_shape
     out: dict[str, object] = {}
+    if bundle.image_encoder != "pixels":
+        return _keypoint_inputs(skill, obs, instruction_vec)
+    _, h, w = bundle.image_shape
     for cam in skill.spec.cameras:
         img = obs.images.get(cam)
         if img is None:
@@ -140,6 +142,29 @@ def policy_inputs(skill: Skill, obs: Observation, instruction_vec: np.ndarray | 
     if instruction_vec is not None:
         out[lc.INSTRUCTION_KEY] = torch.from_numpy(instruction_vec)
     return out
+
+
+def _keypoint_inputs(skill: Skill, obs: Observation, instruction_vec: np.ndarray | None) -> dict[str, object]:
+    """Inputs of a colour-keypoint policy: keypoints (+ instruction) as the environment state."""
+    import torch
+
+    from hvla_ros import lerobot_compat as lc
+    from hvla_ros.executor.keypoints import KeypointError, encode_cameras
+
+    bundle = skill.bundle
+    try:
+        kps = encode_cameras(obs.images, bundle.cameras)
+    except KeypointError as e:
+        raise ObservationError(f"skill {skill.name!r}: {e}") from None
+    if kps.shape[0] != bundle.keypoint_dim:
+        raise ObservationError(
+            f"skill {skill.name!r}: {kps.shape[0]} keypoint values, the policy expects {bundle.keypoint_dim}"
+        )
+    parts = [kps] if instruction_vec is None else [kps, instruction_vec.astype(np.float32)]
+    return {
+        lc.STATE_KEY: torch.from_numpy(joint_vector(obs, skill.spec.state_joints)),
+        lc.INSTRUCTION_KEY: torch.from_numpy(np.concatenate(parts)),
+    }
 
 
 def joint_vector(obs: Observation, names: Sequence[str]) -> np.ndarray:

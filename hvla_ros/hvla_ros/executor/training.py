@@ -53,6 +53,7 @@ class TrainConfig:
     resume: bool = False
     num_threads: int = 2
     denoising_steps: int = 10
+    image_encoder: str = "pixels"  # pixels | colour_keypoints (see executor.keypoints)
     progress: bool = True
 
 
@@ -69,7 +70,17 @@ class TrainResult:
 
 
 def _meta(cfg: TrainConfig, data: DemoData) -> dict[str, Any]:
+    from hvla_ros.executor import keypoints as kp
+
+    extra: dict[str, Any] = {"image_encoder": cfg.image_encoder}
+    if cfg.image_encoder == kp.ENCODER_NAME:
+        extra.update(
+            keypoint_cameras=list(data.cameras),
+            keypoint_colours=list(kp.KEYPOINT_COLOURS),
+            instruction_dim=cfg.instruction_dim,
+        )
     return {
+        **extra,
         "skill": cfg.skill,
         "fps": data.fps,
         "state_names": data.state_names,
@@ -104,9 +115,11 @@ def train(cfg: TrainConfig) -> TrainResult:
         flat_instruction=cfg.flat_instruction,
         instruction_dim=cfg.instruction_dim,
         max_episodes=cfg.max_episodes,
+        image_encoder=cfg.image_encoder,
     )
     log.info("demonstrations loaded in %.1f s", time.monotonic() - t0)
-    cams = list(cfg.cameras) if cfg.cameras else list(data.images)
+    low_dim = cfg.image_encoder != "pixels"
+    cams = [] if low_dim else (list(cfg.cameras) if cfg.cameras else list(data.images))
     out = Path(cfg.out)
     state_dir = out / STATE_DIR
     start_step = 0
@@ -126,7 +139,7 @@ def train(cfg: TrainConfig) -> TrainResult:
             image_hw=cfg.image_hw,
             state_dim=data.state.shape[1],
             action_dim=data.action.shape[1],
-            instruction_dim=cfg.instruction_dim,
+            instruction_dim=int(data.instruction.shape[1]),
             n_obs_steps=cfg.n_obs_steps,
             horizon=cfg.horizon,
             n_action_steps=cfg.n_action_steps,

@@ -65,9 +65,10 @@ def run(args: argparse.Namespace) -> int:
     except lc.PolicyLoadError as e:
         log.error("%s", e)
         return 2
-    _, h, w = bundle.image_shape
+    h, w = bundle.image_shape[1:] if bundle.image_encoder == "pixels" else (48, 64)  # (unused for keypoints)
     data = load_demos(args.dataset, cameras=bundle.cameras, image_hw=(h, w), pattern=pattern,
-                      instruction_dim=bundle.instruction_dim, max_episodes=args.max_episodes)
+                      instruction_dim=bundle.instruction_dim, max_episodes=args.max_episodes,
+                      image_encoder=bundle.image_encoder)
     joints = tuple(data.action_names)
     grippers = tuple(j for r in ROBOTS.values() for j in r.gripper_joints if j in joints)
     anchor = DiffusionAnchor(bundle, joints)
