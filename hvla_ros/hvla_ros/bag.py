@@ -275,7 +275,8 @@ def replay(node: Any, messages: Sequence[BagMessage], *, rate: float = 1.0,
 
 
 def _clock_msg(stamp_ns: int) -> Any:
-    from builtin_interfaces.msg import Time
     from rosgraph_msgs.msg import Clock
 
-    return Clock(clock=Time(sec=stamp_ns // 1_000_000_000, nanosec=stamp_ns % 1_000_000_000))
+    from hvla_ros.rosutil.time import time_from_ns
+
+    return Clock(clock=time_from_ns(stamp_ns))

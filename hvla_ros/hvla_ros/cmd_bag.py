@@ -24,6 +24,7 @@ import numpy as np
 
 from hvla_ros import topics
 from hvla_ros.bag import BagError, BagMessage, deserialize, header_stamp_ns, read_bag, replay
+from hvla_ros.rosutil.time import seconds
 
 log = logging.getLogger("hvla")
 
@@ -232,7 +233,7 @@ def recorded_joint_states(messages: list[BagMessage], remap: dict[str, str]) -> 
                 names = list(msg.name)
             if list(msg.name) != names:
                 continue
-            ts.append(msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9)
+            ts.append(seconds(msg.header.stamp))
             qs.append(list(msg.position))
     return {"t": ts, "names": names or [], "q": np.asarray(qs, dtype=float)}
 
@@ -246,8 +247,7 @@ def compare_chunks(chunks: list[Any], recorded: dict[str, Any]) -> dict[str, Any
         if not t_rec or min(cols, default=-1) < 0:
             continue
         pos = np.asarray(chunk.positions, dtype=float).reshape(int(chunk.num_steps), len(chunk.joint_names))
-        t0 = chunk.header.stamp.sec + chunk.header.stamp.nanosec * 1e-9
-        dt = chunk.step_period.sec + chunk.step_period.nanosec * 1e-9
+        t0, dt = seconds(chunk.header.stamp), seconds(chunk.step_period)
         for k in range(pos.shape[0]):
             i = bisect_left(t_rec, t0 + k * dt)
             if i >= len(t_rec):

@@ -30,7 +30,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from builtin_interfaces.msg import Duration, Time
 from rclpy.action import ActionServer, CancelResponse, GoalResponse
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
@@ -50,9 +49,10 @@ from hvla_ros.executor.runner import (
     StaleObservationError,
 )
 from hvla_ros.rosutil.images import ImageConversionError, to_rgb
-from hvla_ros.rosutil.node_main import run_node
+from hvla_ros.rosutil.node_main import run_lifecycle_node
 from hvla_ros.rosutil.params import ParamSpec, declare_params
 from hvla_ros.rosutil.qos import COMMAND_QOS, IMAGE_QOS, STATE_QOS
+from hvla_ros.rosutil.time import seconds, to_duration, to_time
 
 Result = ExecuteSubtask.Result
 
@@ -80,26 +80,12 @@ def _params() -> list[ParamSpec]:
     ]
 
 
-def _to_time(t: float) -> Time:
-    ns = max(0, round(t * 1e9))
-    return Time(sec=ns // 1_000_000_000, nanosec=ns % 1_000_000_000)
-
-
-def _to_duration(t: float) -> Duration:
-    ns = max(0, round(t * 1e9))
-    return Duration(sec=ns // 1_000_000_000, nanosec=ns % 1_000_000_000)
-
-
-def _seconds(stamp: Any) -> float:
-    return float(stamp.sec) + float(stamp.nanosec) * 1e-9
-
-
 def chunk_message(chunk: PlannedChunk, gripper_joints: Sequence[str], *, episode_id: str = "",
                   subtask_id: int = 0) -> ActionChunk:
     """The ActionChunk (origin ANCHOR) for a planned chunk."""
     msg = ActionChunk()
-    msg.header.stamp = _to_time(chunk.start_time)
-    msg.step_period = _to_duration(chunk.step_period)
+    msg.header.stamp = to_time(chunk.start_time)
+    msg.step_period = to_duration(chunk.step_period)
     msg.joint_names = list(chunk.joint_names)
     msg.num_steps = chunk.num_steps
     msg.positions = chunk.positions.astype(np.float64).ravel().tolist()
@@ -198,7 +184,7 @@ class ExecutorNode(LifecycleNode):
 
     # ------------------------------------------------------------------ inputs
     def _stamp_of(self, header: Any) -> float:
-        t = _seconds(header.stamp)
+        t = seconds(header.stamp)
         return t if t > 0 else self.now_s()
 
     def _on_image(self, cam: str, msg: Image) -> None:
@@ -262,7 +248,7 @@ class ExecutorNode(LifecycleNode):
         if runner is not None:
             res.steps_executed = runner.steps_planned
             res.chunks_executed = runner.chunks_planned
-        res.elapsed = _to_duration(time.monotonic() - t0)
+        res.elapsed = to_duration(time.monotonic() - t0)
         with self._goal_lock:
             if self._current_goal is handle:
                 self._current_goal = None
@@ -301,7 +287,7 @@ class ExecutorNode(LifecycleNode):
             skill = lib.get(sub.skill)
         except UnknownSkillError as exc:
             return self._finish(handle, None, t0, Result.TERMINATION_ERROR, Result.ERROR_UNKNOWN_SKILL, str(exc))
-        horizon = _seconds(sub.horizon)
+        horizon = seconds(sub.horizon)
         if not math.isfinite(horizon) or horizon < 0:
             return self._finish(handle, None, t0, Result.TERMINATION_ERROR, Result.ERROR_BAD_SUBTASK,
                                 f"subtask horizon must be >= 0 s, got {horizon}")
@@ -363,17 +349,8 @@ class ExecutorNode(LifecycleNode):
         super().destroy_node()
 
 
-def _make_node() -> ExecutorNode:
-    node = ExecutorNode()
-    if node.p["autostart"]:
-        if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
-            raise RuntimeError("executor_node failed to configure (see the log above)")
-        node.trigger_activate()
-    return node
-
-
 def main(args: Sequence[str] | None = None) -> int:
-    return run_node(_make_node, args)
+    return run_lifecycle_node(ExecutorNode, args)
 
 
 if __name__ == "__main__":

@@ -54,7 +54,7 @@ from hvla_ros.perception import (
 )
 from hvla_ros.perception.segmenter import Segmenter
 from hvla_ros.rosutil.images import ImageConversionError, from_image_msg, to_image_msg
-from hvla_ros.rosutil.node_main import run_node
+from hvla_ros.rosutil.node_main import run_lifecycle_node
 from hvla_ros.rosutil.params import ParamSpec, declare_params
 from hvla_ros.rosutil.qos import IMAGE_QOS, LATCHED_QOS, STATE_QOS
 
@@ -372,17 +372,8 @@ def _error_code(exc: Exception) -> int:
     return PerceptionStatus.ERROR_SEGMENTER_FAILED
 
 
-def _make_node() -> PerceptionNode:
-    node = PerceptionNode()
-    if node.p["autostart"]:
-        if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
-            raise RuntimeError("perception_node failed to configure (see the log above)")
-        node.trigger_activate()
-    return node
-
-
 def main(args: Sequence[str] | None = None) -> int:
-    return run_node(_make_node, args)  # run_node loads the large-data Fast DDS profile
+    return run_lifecycle_node(PerceptionNode, args)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from builtin_interfaces.msg import Duration
 from diagnostic_msgs.msg import KeyValue
 from rclpy.action import ActionClient, ActionServer, CancelResponse, GoalResponse
 from rclpy.callback_groups import ReentrantCallbackGroup
@@ -58,9 +57,10 @@ from hvla_ros.planner.factory import BACKENDS, ReasonerSettings, make_reasoner
 from hvla_ros.planner.memory import MemoryConfig, MemoryView
 from hvla_ros.planner.reasoner import ExecutionReport, Images, Reasoner, ReasonerError
 from hvla_ros.rosutil.images import ImageConversionError, to_rgb
-from hvla_ros.rosutil.node_main import run_node
+from hvla_ros.rosutil.node_main import run_lifecycle_node
 from hvla_ros.rosutil.params import ParamSpec, declare_params
 from hvla_ros.rosutil.qos import IMAGE_QOS, LATCHED_QOS
+from hvla_ros.rosutil.time import to_duration
 
 GoalResult = ExecuteGoal.Result
 SubResult = ExecuteSubtask.Result
@@ -124,11 +124,6 @@ def _params() -> list[ParamSpec]:
     ]
 
 
-def _duration(seconds: float) -> Duration:
-    ns = max(0, int(seconds * 1e9))
-    return Duration(sec=ns // 1_000_000_000, nanosec=ns % 1_000_000_000)
-
-
 def _condition(c: P.Condition) -> Condition:
     return Condition(text=c.text, predicates=[Predicate(name=p.name, args=list(p.args), negated=p.negated)
                                               for p in c.predicates])
@@ -138,7 +133,7 @@ def subtask_msg(s: P.Subtask, episode_id: str, k: int, attempt: int) -> SubtaskM
     """The hvla_interfaces Subtask of a planned subtask."""
     return SubtaskMsg(
         episode_id=episode_id, subtask_id=k, attempt=attempt, instruction=s.instruction,
-        precondition=_condition(s.pre), postcondition=_condition(s.post), horizon=_duration(s.horizon_s),
+        precondition=_condition(s.pre), postcondition=_condition(s.post), horizon=to_duration(s.horizon_s),
         distractor_boxes=[PixelBox(camera=b.camera, label=b.label, x_min=b.x_min, y_min=b.y_min, x_max=b.x_max,
                                    y_max=b.y_max) for b in s.boxes],
         skill=s.skill, arm=ARM_CODES[s.arm], parameters=[KeyValue(key=k_, value=v) for k_, v in s.parameters])
@@ -471,17 +466,8 @@ class PlannerNode(LifecycleNode):
         super().destroy_node()
 
 
-def _make_node() -> PlannerNode:
-    node = PlannerNode()
-    if node.p["autostart"]:
-        if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
-            raise RuntimeError("planner_node failed to configure (see the log above)")
-        node.trigger_activate()
-    return node
-
-
 def main(args: Sequence[str] | None = None) -> int:
-    return run_node(_make_node, args, threads=6)
+    return run_lifecycle_node(PlannerNode, args, threads=6)
 
 
 if __name__ == "__main__":

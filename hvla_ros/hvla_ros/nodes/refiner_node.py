@@ -20,7 +20,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from builtin_interfaces.msg import Duration, Time
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.lifecycle import Node as LifecycleNode
 from rclpy.lifecycle import State, TransitionCallbackReturn
@@ -33,9 +32,10 @@ from hvla_interfaces.srv import SetEStop
 from hvla_ros import topics
 from hvla_ros.refiner.safety import Chunk, ChunkRejected, Command, SafetyConfig, SafetyError, SafetyFilter
 from hvla_ros.robot import ROBOTS, get_robot
-from hvla_ros.rosutil.node_main import run_node
+from hvla_ros.rosutil.node_main import run_lifecycle_node
 from hvla_ros.rosutil.params import ParamSpec, declare_params
 from hvla_ros.rosutil.qos import COMMAND_QOS, STATE_QOS
+from hvla_ros.rosutil.time import seconds, to_duration, to_time
 
 
 def _params() -> list[ParamSpec]:
@@ -58,20 +58,6 @@ def _params() -> list[ParamSpec]:
         ParamSpec("autostart", True, "configure and activate at start (no lifecycle manager needed)",
                   read_only=True),
     ]
-
-
-def to_time(t: float) -> Time:
-    ns = max(0, round(t * 1e9))
-    return Time(sec=ns // 1_000_000_000, nanosec=ns % 1_000_000_000)
-
-
-def to_duration(t: float) -> Duration:
-    ns = max(0, round(t * 1e9))
-    return Duration(sec=ns // 1_000_000_000, nanosec=ns % 1_000_000_000)
-
-
-def seconds(stamp: Any) -> float:
-    return float(stamp.sec) + float(stamp.nanosec) * 1e-9
 
 
 class RefinerNode(LifecycleNode):
@@ -334,17 +320,8 @@ class RefinerNode(LifecycleNode):
         self._send(self._status_pub, msg)
 
 
-def _make_node() -> RefinerNode:
-    node = RefinerNode()
-    if node.p["autostart"]:
-        if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
-            raise RuntimeError("refiner_node failed to configure (see the log above)")
-        node.trigger_activate()
-    return node
-
-
 def main(args: Sequence[str] | None = None) -> int:
-    return run_node(_make_node, args)
+    return run_lifecycle_node(RefinerNode, args)
 
 
 if __name__ == "__main__":

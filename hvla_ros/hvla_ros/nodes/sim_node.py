@@ -27,7 +27,6 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from builtin_interfaces.msg import Time
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from rosgraph_msgs.msg import Clock
@@ -42,6 +41,7 @@ from hvla_ros.rosutil.images import to_image_msg
 from hvla_ros.rosutil.node_main import run_node
 from hvla_ros.rosutil.params import ParamSpec, declare_params
 from hvla_ros.rosutil.qos import COMMAND_QOS, IMAGE_QOS, LATCHED_QOS, STATE_QOS
+from hvla_ros.rosutil.time import seconds, to_time
 
 CLOCK_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
 
@@ -73,11 +73,6 @@ def _params() -> list[ParamSpec]:
         ParamSpec("stats_period", 5.0, "seconds (wall) between logs of achieved rates; 0 = never",
                   min=0.0, max=3600.0, read_only=True),
     ]
-
-
-def _stamp(t: float) -> Time:
-    ns = round(t * 1e9)
-    return Time(sec=ns // 1_000_000_000, nanosec=ns % 1_000_000_000)
 
 
 class SimNode(Node):
@@ -135,11 +130,11 @@ class SimNode(Node):
     def _on_trajectory(self, controller: str, msg: JointTrajectory) -> None:
         from hvla_ros.sim.trajectory import TrajectoryPoint, TrajectoryRejected
 
-        points = [TrajectoryPoint(time_from_start=p.time_from_start.sec + p.time_from_start.nanosec * 1e-9,
+        points = [TrajectoryPoint(time_from_start=seconds(p.time_from_start),
                                   positions=list(p.positions), velocities=list(p.velocities),
                                   accelerations=list(p.accelerations))
                   for p in msg.points]
-        stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
+        stamp = seconds(msg.header.stamp)
         try:
             self.runner.submit_trajectory(controller, list(msg.joint_names), points, stamp)
         except TrajectoryRejected as exc:
@@ -172,7 +167,7 @@ class SimNode(Node):
                 raise
 
     def _publish_state(self, state: Any) -> None:
-        stamp = _stamp(state.time)
+        stamp = to_time(state.time)
         self._publish(self._clock_pub, Clock(clock=stamp))
         msg = JointState()
         msg.header.stamp = stamp
@@ -183,7 +178,7 @@ class SimNode(Node):
         self._publish(self._joint_pub, msg)
 
     def _publish_frame(self, frame: Any) -> None:
-        header = Header(stamp=_stamp(frame.time), frame_id=f"{frame.camera}_optical_frame")
+        header = Header(stamp=to_time(frame.time), frame_id=f"{frame.camera}_optical_frame")
         img = to_image_msg(frame.rgb, "rgb8", header)
         fx, fy, cx, cy = frame.intrinsics
         info = CameraInfo(header=header, height=img.height, width=img.width, distortion_model="plumb_bob")

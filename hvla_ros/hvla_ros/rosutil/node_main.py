@@ -8,6 +8,7 @@ process), by always stopping the executor before ``try_shutdown``.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import rclpy
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
@@ -39,3 +40,23 @@ def run_node(factory: Callable[[], Node], args: Sequence[str] | None = None, *, 
             node.destroy_node()
         rclpy.try_shutdown()
     return 0
+
+
+def run_lifecycle_node(factory: Callable[[], Any], args: Sequence[str] | None = None, *, threads: int = 4) -> int:
+    """:func:`run_node` for a lifecycle node with an ``autostart`` parameter.
+
+    With ``autostart`` true (the default when started alone) the node configures and activates
+    itself; a failed configure ends the process with the node's logged reason. Under a
+    lifecycle manager (``autostart:=false``) it waits for the manager's transitions.
+    """
+    from rclpy.lifecycle import TransitionCallbackReturn
+
+    def start() -> Any:
+        node = factory()
+        if node.get_parameter("autostart").value:
+            if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+                raise RuntimeError(f"{node.get_name()} failed to configure (see the log above)")
+            node.trigger_activate()
+        return node
+
+    return run_node(start, args, threads=threads)
