@@ -144,3 +144,14 @@ def test_config_validation():
         RunnerConfig(real_time_factor=-1.0)
     with pytest.raises(ValueError, match="control_rate"):
         RunnerConfig(control_rate=0.0)
+
+
+def test_a_frame_due_within_tolerance_is_rendered_once(world):
+    # Regression: a frame due a hair after `now` (float rounding of the sim clock) was counted
+    # as -1 dropped frames and rendered again on the next tick (double frame rate in real time).
+    r = SimRunner(world, RunnerConfig(camera_rate_hz=10.0, real_time_factor=1.0))
+    assert "front" in r._due_cameras(0.0, drop=True)
+    almost = 0.1 - 5e-10
+    assert "front" in r._due_cameras(almost, drop=True)
+    assert "front" not in r._due_cameras(almost, drop=True)
+    assert r.stats()["front_dropped"] == 0

@@ -256,7 +256,9 @@ class SimRunner:
         for cam, c in self._cam_clock.items():
             if now + 1e-9 >= c.next_due:
                 due.append(cam)
-                late = int((now - c.next_due) // period) if drop else 0
+                # max(): within the 1e-9 tolerance now - next_due may be a hair below 0, and a
+                # floor of -1 would leave next_due unchanged and render the frame twice.
+                late = max(0, int((now - c.next_due) // period)) if drop else 0
                 c.dropped += late
                 c.next_due += (late + 1) * period
         return due
