@@ -223,14 +223,16 @@ class LifecycleManager:
         from lifecycle_msgs.msg import Transition
 
         self.wait_for_services(timeout, alive_check)
+        # A node answers only once it spins, which can take a while after its services appear
+        # (imports, model loading): state queries get the whole startup budget too.
         for name in self._names:
-            if self.state(name) == "unconfigured":
+            if self.state(name, timeout) == "unconfigured":
                 log.info("configuring %s", name)
                 self.transition(name, Transition.TRANSITION_CONFIGURE, "configure", timeout)
-            if self.state(name) == "inactive":
+            if self.state(name, timeout) == "inactive":
                 log.info("activating %s", name)
                 self.transition(name, Transition.TRANSITION_ACTIVATE, "activate", timeout)
-            state = self.state(name)
+            state = self.state(name, timeout)
             if state != "active":
                 raise LifecycleError(f"node '{name}' is {state!r} after startup, expected 'active'")
 
