@@ -44,7 +44,7 @@ def graph_latency(task: str, skill: str, instruction: str, seconds: float, image
     from hvla_ros import topics
     from hvla_ros.graph import build_graph
     from hvla_ros.robot import get_robot
-    from hvla_ros.rosutil.qos import COMMAND_QOS
+    from hvla_ros.rosutil.qos import COMMAND_QOS, LATCHED_QOS
     from hvla_ros.runner import GraphRunner, LifecycleManager
 
     graph = build_graph({"task": task, "namespace": f"latency{os.getpid()}"})
@@ -77,6 +77,7 @@ def graph_latency(task: str, skill: str, instruction: str, seconds: float, image
                                  lambda m: _append(lock, stamps["trajectories"],
                                                    (time.monotonic(), sec(m.header.stamp))), COMMAND_QOS)
         client = ActionClient(node, ExecuteSubtask, topics.EXECUTE_SUBTASK_ACTION)
+        subtask_pub = node.create_publisher(Subtask, topics.CURRENT_SUBTASK, LATCHED_QOS)
         executor = MultiThreadedExecutor(num_threads=3)
         executor.add_node(node)
         spin = threading.Thread(target=executor.spin, daemon=True)
@@ -84,8 +85,10 @@ def graph_latency(task: str, skill: str, instruction: str, seconds: float, image
         try:
             if not client.wait_for_server(timeout_sec=60):
                 raise RuntimeError("executor did not come up")
-            goal = ExecuteSubtask.Goal(subtask=Subtask(
-                episode_id="latency", instruction=instruction, skill=skill, horizon=Duration(sec=int(seconds))))
+            subtask = Subtask(episode_id="latency", instruction=instruction, skill=skill,
+                              horizon=Duration(sec=int(seconds)))
+            subtask_pub.publish(subtask)  # what the planner does: perception starts filtering for it
+            goal = ExecuteSubtask.Goal(subtask=subtask)
             handle_future = client.send_goal_async(goal)
             while not handle_future.done():
                 time.sleep(0.05)
@@ -128,10 +131,11 @@ def one_process_latency(task: str, skill: str, instruction: str, seconds: float,
     finally:
         world.close()
     t = executor.timings
-    perception_ms = 1e3 * float(np.mean(t.perception)) if t.perception else 0.0
-    per_chunk = [1e3 * (p + r) + perception_ms for p, r in zip(t.policy, t.refine_and_safety)]
-    stages = {"render_ms": 1e3 * float(np.mean(t.render)), "perception_ms": perception_ms,
-              "policy_ms": 1e3 * float(np.mean(t.policy)) if t.policy else 0.0}
+    # The first chunk pays one-off costs (allocations, lazy initialisation): left out.
+    perception_ms = 1e3 * float(np.median(t.perception[1:])) if len(t.perception) > 1 else 0.0
+    per_chunk = [1e3 * (p + r) + perception_ms for p, r in zip(t.policy[1:], t.refine_and_safety[1:])]
+    stages = {"render_ms": 1e3 * float(np.median(t.render[1:])), "perception_ms": perception_ms,
+              "policy_ms": 1e3 * float(np.median(t.policy[1:])) if len(t.policy) > 1 else 0.0}
     return per_chunk, stages
 
 

@@ -55,8 +55,13 @@ def executable_path(spec: NodeSpec) -> str:
 
 
 def params_document(graph: Graph) -> dict[str, Any]:
-    """The nav2-style parameters file for every node of the graph."""
-    return {spec.name: {"ros__parameters": dict(spec.parameters)} for spec in graph.nodes}
+    """The nav2-style parameters file for every node of the graph.
+
+    Keys are fully qualified node names when the graph has a namespace: rcl matches a plain
+    ``executor`` key only to ``/executor``, so a namespaced node would silently get defaults.
+    """
+    prefix = f"/{graph.namespace}/" if graph.namespace else ""
+    return {f"{prefix}{spec.name}": {"ros__parameters": dict(spec.parameters)} for spec in graph.nodes}
 
 
 def node_command(graph: Graph, spec: NodeSpec, params_file: Path) -> list[str]:

@@ -122,8 +122,10 @@ class SimSystemExecutor(Executor):
                 queue = self._safe_targets(chunk, now)
                 self.timings.refine_and_safety.append(time.perf_counter() - t0)
                 if not queue:
-                    error = f"safety filter refused chunk {chunk.index}: {self._safety.counters.error_msg}"
-                    break
+                    # As the refiner node does: a refused chunk makes the arm hold for its
+                    # duration, and the skill goes on with its next chunk.
+                    log.warning(f"safety filter refused chunk {chunk.index}: {self._safety.counters.error_msg}")
+                    queue = [(names, self.world.joint_positions().copy())] * chunk.num_steps
             target_row, queue = queue[0], queue[1:]
             targets = self._full_targets(targets, target_row[0], target_row[1])
             self.world.set_joint_targets(targets)

@@ -92,7 +92,7 @@ def test_runner_commands_carry_name_namespace_and_parameters(tmp_path: Path) -> 
     params_file.write_text(yaml.safe_dump(params_document(graph)))
     loaded = g.load_params_file(params_file)
     for spec in graph.nodes:
-        assert loaded[spec.name] == spec.parameters
+        assert loaded[f"/cell1/{spec.name}"] == spec.parameters  # rcl matches fully qualified names
         cmd = node_command(graph, spec, params_file)
         assert Path(cmd[0]).name == spec.executable
         assert cmd[1:] == ["--ros-args", "-r", "__ns:=/cell1", "-r", f"__node:={spec.name}",

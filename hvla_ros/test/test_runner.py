@@ -36,6 +36,9 @@ def test_graph_comes_up_in_order_and_a_dead_node_is_reported(tmp_path: Path) -> 
         assert (tmp_path / "params.yaml").is_file()
         manager = LifecycleManager(node, graph.lifecycle_nodes, graph.namespace)
         assert graph.lifecycle_nodes == ["perception"]
+        manager.wait_for_services(120.0, runner.check_alive)
+        # The namespaced node got its parameters (autostart:=false): it waits for the manager.
+        assert manager.state("perception", 60.0) == "unconfigured"
         manager.startup(timeout=120.0, alive_check=runner.check_alive)
         assert manager.state("perception") == "active"
         runner.check_alive()  # nothing died
