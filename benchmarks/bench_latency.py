@@ -124,6 +124,9 @@ def one_process_latency(task: str, skill: str, instruction: str, seconds: float,
     from hvla_ros.sim.world import SimWorld
     from hvla_ros.system import SimSystemExecutor, SystemConfig
 
+    import torch
+
+    torch.set_num_threads(1)  # as the executor node (config/hvla.yaml: torch_threads 1)
     world = SimWorld(task, seed=0, image_size=image)
     try:
         executor = SimSystemExecutor(world, SkillLibrary.load(), SystemConfig(image_size=image))
