@@ -119,12 +119,12 @@ def _append(lock: threading.Lock, out: list, item: tuple[float, float]) -> None:
 
 def one_process_latency(task: str, skill: str, instruction: str, seconds: float,
                         image: tuple[int, int]) -> tuple[list[float], dict[str, float]]:
+    import torch
+
     from hvla_ros.executor.library import SkillLibrary
     from hvla_ros.planner.plan import Subtask
     from hvla_ros.sim.world import SimWorld
     from hvla_ros.system import SimSystemExecutor, SystemConfig
-
-    import torch
 
     torch.set_num_threads(1)  # as the executor node (config/hvla.yaml: torch_threads 1)
     world = SimWorld(task, seed=0, image_size=image)

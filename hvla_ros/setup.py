@@ -12,7 +12,8 @@ setup(
     version="0.1.0",
     # Namespace discovery also picks up the data-only folders (config/, description/, skills/).
     packages=find_namespace_packages(include=[PACKAGE, f"{PACKAGE}.*"]),
-    package_data={PACKAGE: ["py.typed", "config/*.yaml", "config/*.xml", "description/*", "assets/**/*", "skills/**/*"]},
+    package_data={PACKAGE: ["py.typed", "config/*.yaml", "config/*.xml", "description/*", "assets/**/*",
+                            "skills/**/*"]},
     include_package_data=True,
     data_files=[
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),

@@ -13,11 +13,12 @@ from __future__ import annotations
 import os
 
 from ament_index_python.packages import get_package_share_directory
-from hvla_ros.graph import LAUNCH_ARGUMENTS, build_graph
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, ExecuteProcess, GroupAction, OpaqueFunction
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import LifecycleNode, Node, PushRosNamespace
+
+from hvla_ros.graph import LAUNCH_ARGUMENTS, build_graph
 
 
 def _ros2_control_actions(graph, share: str) -> list:

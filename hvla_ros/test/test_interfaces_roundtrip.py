@@ -16,12 +16,13 @@ from typing import Any
 import pytest
 import rclpy
 from action_msgs.msg import GoalStatus
-from hvla_ros.rosutil.qos import COMMAND_QOS
-from hvla_ros.testing.echo_peer import distinguishable_variants, interface_types
-from hvla_ros.testing.samples import VARIANTS, first_difference, make_sample
 from rclpy.action import ActionClient
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
+
+from hvla_ros.rosutil.qos import COMMAND_QOS
+from hvla_ros.testing.echo_peer import distinguishable_variants, interface_types
+from hvla_ros.testing.samples import VARIANTS, first_difference, make_sample
 
 pytestmark = pytest.mark.ros
 
