@@ -116,3 +116,13 @@ def test_keypoint_skill_loads_from_yaml_and_runs(keypoint_policy, tmp_path):
     f.write_text(yaml.safe_dump({"robot": "so101", "skills": {"pick": {**entry, "image_encoder": "pixels"}}}))
     with pytest.raises(SkillConfigError, match="image encoder 'colour_keypoints'"):
         SkillLibrary.load(f)
+
+
+def test_shipped_keypoint_library_loads():
+    from hvla_ros.executor.library import SkillLibrary, package_dir
+
+    lib = SkillLibrary.load(package_dir() / "config" / "skills_keypoints.yaml")
+    for name in ("pick", "place"):
+        skill = lib.get(name)
+        assert skill.bundle.image_encoder == "colour_keypoints"
+        assert skill.bundle.cameras == ["front", "wrist"]
