@@ -4,7 +4,10 @@ For every task of the simulated suite and a few seeds: box each task object (not
 the arm) from the ground-truth segmentation, with a margin as a planner's box would have, then
 1. segment it with the classical backend -> IoU with the ground-truth mask (goal: mean >= 0.8);
 2. propagate the masks while the scripted expert moves the arm for 90 frames (30 Hz), both
-   cameras -> IoU at the last frame (goal: >= 0.7), re-segmentations counted.
+   cameras -> IoU at the last frame (goal: >= 0.7), re-segmentations counted;
+3. perception_node's pipelined mode applies the mask of the previous frame, dilated by
+   ``--lag-dilate`` px: the IoU of that mask with the last frame's ground truth, for 0 px and
+   the chosen dilation (the cost of publishing without waiting for propagation).
 
     .venv/bin/python benchmarks/bench_perception_quality.py [--quick]
 """
@@ -51,7 +54,17 @@ def gt_boxes(seg: np.ndarray, ids: dict[str, int], min_px: int, margin: float) -
     return out
 
 
-def run_episode(task: str, seed: int, size: tuple[int, int], frames: int, margin: float) -> dict:
+def _dilate(mask: np.ndarray, px: int) -> np.ndarray:
+    import cv2
+
+    if px <= 0:
+        return mask
+    k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * px + 1, 2 * px + 1))
+    return cv2.dilate(mask.view(np.uint8), k).view(bool)
+
+
+def run_episode(task: str, seed: int, size: tuple[int, int], frames: int, margin: float,
+                lag_dilate: int = 2) -> dict:
     from hvla_ros.sim.world import SimWorld
 
     world = SimWorld(task, seed=seed, image_size=size)
@@ -72,29 +85,36 @@ def run_episode(task: str, seed: int, size: tuple[int, int], frames: int, margin
         props[cam] = (prop, [n for n, _ in boxes])
     expert = world.task.expert(world)
     update_ms: list[float] = []
-    for _ in range(frames):
+    previous: dict[str, list[np.ndarray]] = {}
+    for i in range(frames):
         if not expert.done:
             world.set_joint_targets(expert.act(world))
         world.step(world.control_steps)
         for cam, (prop, _) in props.items():
             rgb = world.render(cam)
+            if i == frames - 1:
+                previous[cam] = prop.object_masks  # what the pipelined node applies to this frame
             t0 = time.perf_counter()
             prop.update(rgb)
             update_ms.append((time.perf_counter() - t0) * 1e3)
     prop_ious: list[float] = []
+    lag_ious: dict[int, list[float]] = {0: [], lag_dilate: []}
     reinit = 0
     for cam, (prop, names) in props.items():
         seg = world.render_segmentation(cam)
-        for name, m in zip(names, prop.object_masks, strict=True):
+        for name, m, prev in zip(names, prop.object_masks, previous.get(cam, prop.object_masks), strict=True):
             gt = seg == world.object_ids[name]
             if gt.sum() < 30 and m.sum() < 30:
                 prop_ious.append(1.0)  # out of view and correctly reported so
             else:
                 prop_ious.append(iou(m, gt))
+            for px, values in lag_ious.items():
+                pm = _dilate(prev, px)
+                values.append(1.0 if gt.sum() < 30 and pm.sum() < 30 else iou(pm, gt))
         reinit += prop.stats.reinitializations + prop.stats.reacquisitions
     world.close()
-    return {"seg_ious": seg_ious, "prop_ious": prop_ious, "seg_ms": seg_ms, "update_ms": update_ms,
-            "reinit": reinit}
+    return {"seg_ious": seg_ious, "prop_ious": prop_ious, "lag_ious": lag_ious, "seg_ms": seg_ms,
+            "update_ms": update_ms, "reinit": reinit}
 
 
 def main() -> int:
@@ -103,6 +123,8 @@ def main() -> int:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--frames", type=int, default=90)
     ap.add_argument("--margin", type=float, default=0.1, help="box margin (fraction of the object size)")
+    ap.add_argument("--lag-dilate", type=int, default=2,
+                    help="dilation (px) of the one-frame-old mask, as perception_node's pipeline_dilate_px")
     args = ap.parse_args()
     from hvla_ros.sim.tasks import TASKS
 
@@ -110,10 +132,13 @@ def main() -> int:
     seeds = 1 if args.quick else args.seeds
     rows, figures = [], {}
     all_seg, all_prop, all_upd = [], [], []
+    all_lag: dict[int, list[float]] = {0: [], args.lag_dilate: []}
     for task in sorted(TASKS):
         seg_i, prop_i, upd, reinit = [], [], [], 0
         for seed in range(seeds):
-            r = run_episode(task, seed, size, args.frames, args.margin)
+            r = run_episode(task, seed, size, args.frames, args.margin, args.lag_dilate)
+            for px in all_lag:
+                all_lag[px] += r["lag_ious"][px]
             seg_i += r["seg_ious"]
             prop_i += r["prop_ious"]
             upd += r["update_ms"]
@@ -135,9 +160,13 @@ def main() -> int:
     figures["overall"] = {"segmentation_iou_mean": float(np.mean(all_seg)),
                           "propagated_iou_mean": float(np.mean(all_prop)),
                           "segmentation_goal": 0.8, "propagation_goal": 0.7,
-                          "image_size": list(size), "frames": args.frames, "seeds": seeds}
+                          "image_size": list(size), "frames": args.frames, "seeds": seeds,
+                          "one_frame_lag_iou_mean": float(np.mean(all_lag[0])),
+                          f"one_frame_lag_dilated_{args.lag_dilate}px_iou_mean":
+                              float(np.mean(all_lag[args.lag_dilate]))}
     print(f"\noverall: segmentation IoU {np.mean(all_seg):.3f} (goal >= 0.8), "
-          f"IoU after {args.frames} frames {np.mean(all_prop):.3f} (goal >= 0.7)")
+          f"IoU after {args.frames} frames {np.mean(all_prop):.3f} (goal >= 0.7); pipelined (mask one frame "
+          f"old): {np.mean(all_lag[0]):.3f}, dilated {args.lag_dilate} px: {np.mean(all_lag[args.lag_dilate]):.3f}")
     write_result("perception_quality", figures)
     return 0
 

@@ -47,13 +47,14 @@ def _env(profile: bool, domain: int) -> dict[str, str]:
 
 
 def _run(env: dict[str, str], qos: str, n: int, sub_topics: list[str], pub_topic: str,
-         node: bool) -> dict[str, dict[str, int]]:
+         node: bool, node_params: list[str] | None = None) -> dict[str, dict[str, int]]:
     procs: list[subprocess.Popen] = []
     try:
         if node:
             procs.append(subprocess.Popen(
                 [sys.executable, "-m", "hvla_ros.nodes.perception_node", "--ros-args", "-p", "cameras:=[front]",
-                 "-p", "publish_mask:=true", "--log-level", "warn"],
+                 "-p", "publish_mask:=true", *[a for p in node_params or [] for a in ("-p", p)],
+                 "--log-level", "warn"],
                 env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         sub = subprocess.Popen([sys.executable, WORKER, "sub", "--qos", qos, "--n", str(n), "--topics", *sub_topics,
                                 "--touch"], env=env, stdout=subprocess.PIPE, text=True)
@@ -81,12 +82,15 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="90 frames per run instead of 300")
     ap.add_argument("--frames", type=int, default=300)
+    ap.add_argument("--node-param", action="append", default=[], metavar="NAME:=VALUE",
+                    help="extra perception_node parameter, e.g. pipelined:=false (repeatable)")
+    ap.add_argument("--profile-only", action="store_true", help="skip the runs without the Fast DDS profile")
     args = ap.parse_args()
     n = 90 if args.quick else args.frames
     domain = 40 + os.getpid() % 50
     figures: dict[str, dict] = {}
     rows = []
-    for profile in (False, True):
+    for profile in ((True,) if args.profile_only else (False, True)):
         setting = "profile" if profile else "default"
         env = _env(profile, domain)
         for qos in ("reliable", "best_effort"):
@@ -95,7 +99,7 @@ def main() -> int:
             figures[f"direct_{qos}_{setting}"] = {"delivered": len(res), "sent": n, **lat}
             rows.append([f"direct {qos}", setting, f"{len(res)}/{n}", lat["p50"], lat["p99"], ""])
         raw, filt = topics.camera_image("front"), topics.filtered_image("front")
-        res = _run(env, "reliable", n, [raw, filt], raw, node=True)
+        res = _run(env, "reliable", n, [raw, filt], raw, node=True, node_params=args.node_param)
         common = sorted(set(res[raw]) & set(res[filt]), key=int)
         added = np.array([res[filt][k] - res[raw][k] for k in common]) / 1e6
         a = percentiles(added)
@@ -104,12 +108,14 @@ def main() -> int:
                                       "sent": n, "direct_latency_ms": d, "added_latency_ms": a}
         rows.append(["via perception_node (added)", setting, f"{len(res[filt])}/{n}", a["p50"], a["p99"],
                      f"direct p50 {d['p50']:.1f}"])
-    for key in ("direct_reliable", "direct_best_effort"):
-        f0, f1 = figures[f"{key}_default"], figures[f"{key}_profile"]
-        figures[f"{key}_p99_ratio_default_over_profile"] = {"ratio": f0["p99"] / f1["p99"]}
-    figures["node_added_p99_ratio_default_over_profile"] = {
-        "ratio": figures["node_default"]["added_latency_ms"]["p99"]
-        / figures["node_profile"]["added_latency_ms"]["p99"]}
+    if not args.profile_only:
+        for key in ("direct_reliable", "direct_best_effort"):
+            f0, f1 = figures[f"{key}_default"], figures[f"{key}_profile"]
+            figures[f"{key}_p99_ratio_default_over_profile"] = {"ratio": f0["p99"] / f1["p99"]}
+        figures["node_added_p99_ratio_default_over_profile"] = {
+            "ratio": figures["node_default"]["added_latency_ms"]["p99"]
+            / figures["node_profile"]["added_latency_ms"]["p99"]}
+    figures["node_params"] = {"params": ["cameras:=[front]", "publish_mask:=true", *args.node_param]}
     print_table(f"480x640 rgb8 at 30 Hz, {n} frames, separate processes (latency ms)",
                 ["hop", "Fast DDS", "delivered", "p50 ms", "p99 ms", "note"], rows)
     write_result("transport", figures, notes="'profile' = FASTRTPS_DEFAULT_PROFILES_FILE/FASTDDS_DEFAULT_"

@@ -134,3 +134,91 @@ def test_node_filters_reports_and_survives_bad_input(rclpy_context, perception_p
     finally:
         ex.shutdown()
         node.destroy_node()
+
+
+def _moving_scene(i: int) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """The red square of :func:`_scene`, moved 2 px right per frame; its xyxy box."""
+    img = np.full((H, W, 3), (120, 140, 110), np.uint8)
+    img[::4, ::4] = (90, 100, 80)  # some texture for the optical flow
+    x0 = 30 + 2 * i
+    img[30:60, x0:x0 + 30] = (220, 30, 30)
+    return img, (x0, 30, x0 + 30, 60)
+
+
+@pytest.mark.parametrize("pipelined", [True, False])
+def test_node_mask_follows_moving_object(rclpy_context, pipelined):
+    """Both modes publish every frame at full size; the mask covers the moving object (pipelined:
+    the mask of the previous frame, grown by ``pipeline_dilate_px``; synchronous: exact)."""
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.node import Node
+    from sensor_msgs.msg import Image
+
+    from hvla_interfaces.msg import PixelBox, Subtask
+    from hvla_ros import topics
+    from hvla_ros.rosutil.images import from_image_msg, to_image_msg
+    from hvla_ros.rosutil.qos import IMAGE_QOS, LATCHED_QOS
+
+    cmd = [sys.executable, "-m", "hvla_ros.nodes.perception_node", "--ros-args", "-p", "cameras:=[front]",
+           "-p", f"pipelined:={str(pipelined).lower()}", "-p", "pipeline_dilate_px:=3", "-p", "fill:=zero"]
+    proc = subprocess.Popen(cmd, env=dict(os.environ), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    node = Node("perception_motion_test", context=rclpy_context)
+    ex = SingleThreadedExecutor(context=rclpy_context)
+    ex.add_node(node)
+    filtered: dict[str, Image] = {}
+    masks: dict[str, Image] = {}
+    node.create_subscription(Image, topics.filtered_image("front"),
+                             lambda m: filtered.__setitem__(m.header.frame_id, m), IMAGE_QOS)
+    node.create_subscription(Image, topics.mask_image("front"),
+                             lambda m: masks.__setitem__(m.header.frame_id, m), IMAGE_QOS)
+    img_pub = node.create_publisher(Image, topics.camera_image("front"), IMAGE_QOS)
+    sub_pub = node.create_publisher(Subtask, topics.CURRENT_SUBTASK, LATCHED_QOS)
+
+    def spin(seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            ex.spin_once(timeout_sec=0.01)
+
+    try:
+        sub = Subtask(episode_id="e2", subtask_id=0, attempt=1, instruction="move")
+        sub.distractor_boxes = [PixelBox(camera="front", label="red cube", x_min=26.0, y_min=26.0,
+                                         x_max=64.0, y_max=64.0)]
+        sub_pub.publish(sub)
+        first, _ = _moving_scene(0)
+        warm = to_image_msg(first, "rgb8")
+        warm.header.frame_id = "warm"
+        end = time.monotonic() + 40.0
+        while time.monotonic() < end and not any(from_image_msg(m)[45, 45].sum() == 0 for m in filtered.values()):
+            assert proc.poll() is None, "perception_node exited"
+            img_pub.publish(warm)
+            spin(0.05)
+        assert any(from_image_msg(m)[45, 45].sum() == 0 for m in filtered.values()), "never masked"
+        n = 20
+        boxes = {}
+        for i in range(n):
+            img, boxes[str(i)] = _moving_scene(i)
+            msg = to_image_msg(img, "rgb8")
+            msg.header.frame_id = str(i)
+            img_pub.publish(msg)
+            spin(0.06)
+        spin(1.0)
+        assert len([k for k in filtered if k != "warm"]) == n, f"delivered {sorted(filtered)} of {n}"
+        covered = []
+        for i in range(1, n):
+            out = filtered[str(i)]
+            assert (out.height, out.width, out.encoding) == (H, W, "rgb8")
+            x0, y0, x1, y1 = boxes[str(i)]
+            arr = from_image_msg(out)
+            covered.append(float((arr[y0:y1, x0:x1].sum(axis=2) == 0).mean()))
+            mask = from_image_msg(masks[str(i)])
+            assert mask[y0:y1, x0:x1].mean() / 255 == pytest.approx(covered[-1], abs=1e-6)
+            assert (mask[:, x1 + 10:] == 0).all(), f"frame {i}: mask far right of the object"
+        assert np.mean(covered) > 0.97 and min(covered) > 0.85, covered
+    finally:
+        ex.shutdown()
+        node.destroy_node()
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)

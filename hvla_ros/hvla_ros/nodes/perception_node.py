@@ -22,7 +22,9 @@ Example::
 
 from __future__ import annotations
 
+import array
 import functools
+import sys
 import threading
 import time
 import traceback
@@ -30,9 +32,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import cv2
 import numpy as np
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.qos import QoSProfile
 from rclpy.service import Service
 from rclpy.timer import Timer
 from sensor_msgs.msg import CameraInfo, Image
@@ -85,9 +89,36 @@ def _params() -> list[ParamSpec]:
                   min=0, max=100000, read_only=True),
         ParamSpec("propagation.reacquire_interval", 5, "frames between searches for objects out of view",
                   min=1, max=1000, read_only=True),
+        ParamSpec("pipelined", True, "publish each frame at once with the latest mask and propagate in a "
+                  "worker thread per camera (the mask lags by at most one frame); false: propagate in the "
+                  "image callback before publishing (exact, slower)", read_only=True),
+        ParamSpec("pipeline_dilate_px", 2, "pipelined mode: grow the mask by this many pixels to cover "
+                  "the motion of one frame", min=0, max=50, read_only=True),
         ParamSpec("autostart", True, "configure and activate at start (no lifecycle manager needed)",
                   read_only=True),
     ]
+
+
+@dataclass(frozen=True)
+class _MaskState:
+    """A mask ready to apply: everything the image callback needs, computed off its path."""
+
+    mask: np.ndarray  # H x W bool (dilated in pipelined mode): what is filtered
+    keep: np.ndarray  # H x W x C (or H x W) uint8, 1 where the pixel is kept
+    mask_data: array.array  # mono8 bytes of the mask (255 = masked), handed to messages as is
+    fraction: float
+
+
+def _mask_state(mask: np.ndarray, channels: int, dilate_px: int) -> _MaskState:
+    m8 = np.ascontiguousarray(mask).view(np.uint8)
+    if dilate_px > 0:
+        k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * dilate_px + 1, 2 * dilate_px + 1))
+        m8 = np.asarray(cv2.dilate(m8, k), dtype=np.uint8)
+    keep1 = np.ascontiguousarray(m8 == 0).view(np.uint8)
+    keep = cv2.merge([keep1] * channels) if channels > 1 else keep1
+    data = array.array("B")
+    data.frombytes(np.multiply(m8, np.uint8(255), dtype=np.uint8).tobytes())
+    return _MaskState(m8.view(bool), keep, data, cv2.countNonZero(m8) / m8.size)
 
 
 @dataclass
@@ -104,6 +135,14 @@ class _Camera:
     mask_fraction: float = 0.0
     shape: tuple[int, int] | None = None
     info: CameraInfo | None = None
+    state: _MaskState | None = None  # the mask applied to the next published frame
+    out: array.array | None = None  # preallocated filtered-frame buffer (message data, no copy)
+    zero_mask: array.array | None = None  # mono8 all-zero mask for frames without a mask
+    # pipelined mode: the newest frame waiting for the worker, and the worker itself
+    cond: threading.Condition = field(default_factory=threading.Condition)
+    latest: tuple[np.ndarray, str] | None = None
+    worker: threading.Thread | None = None
+    stop: bool = False
 
 
 class PerceptionNode(LifecycleNode):
@@ -135,6 +174,15 @@ class PerceptionNode(LifecycleNode):
             self.get_logger().error(f"cannot configure perception: {exc}")
             return TransitionCallbackReturn.FAILURE
         self._cams = {c: _Camera(c, MaskPropagator(self._segmenter, config)) for c in p["cameras"]}
+        self._pipelined = bool(p["pipelined"])
+        # Input queue a little deeper than IMAGE_QOS (still RELIABLE, compatible with any camera):
+        # a frame arriving while the callback runs is queued, not overwritten.
+        in_qos = QoSProfile(history=IMAGE_QOS.history, depth=max(4, IMAGE_QOS.depth),
+                            reliability=IMAGE_QOS.reliability, durability=IMAGE_QOS.durability)
+        if self._pipelined:
+            # Hand the GIL over sooner (default 5 ms): the image callbacks must not wait for the
+            # propagation workers' Python code.
+            sys.setswitchinterval(0.0005)
         for cam in self._cams.values():
             group = MutuallyExclusiveCallbackGroup()  # cameras in parallel, frames of one in order
             self._pubs[f"img/{cam.name}"] = self.create_publisher(Image, topics.filtered_image(cam.name),
@@ -144,8 +192,12 @@ class PerceptionNode(LifecycleNode):
             self._pubs[f"info/{cam.name}"] = self.create_publisher(CameraInfo, topics.filtered_info(cam.name),
                                                                    IMAGE_QOS)
             self._handles.append(self.create_subscription(
-                Image, topics.camera_image(cam.name), functools.partial(self._on_image, cam), IMAGE_QOS,
+                Image, topics.camera_image(cam.name), functools.partial(self._on_image, cam), in_qos,
                 callback_group=group))
+            if self._pipelined:
+                cam.worker = threading.Thread(target=self._worker, args=(cam,), name=f"perception-{cam.name}",
+                                              daemon=True)
+                cam.worker.start()
             self._handles.append(self.create_subscription(
                 CameraInfo, topics.camera_info(cam.name), functools.partial(self._on_info, cam), IMAGE_QOS,
                 callback_group=group))
@@ -156,7 +208,7 @@ class PerceptionNode(LifecycleNode):
                                                  callback_group=MutuallyExclusiveCallbackGroup()))
         self._handles.append(self.create_timer(p["status_period_s"], self._publish_status_all))
         self.get_logger().info(f"configured: backend {p['backend']!r}, cameras {p['cameras']}, "
-                               f"fill {p['fill']!r}")
+                               f"fill {p['fill']!r}, {'pipelined' if self._pipelined else 'synchronous'}")
         return TransitionCallbackReturn.SUCCESS
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -170,8 +222,24 @@ class PerceptionNode(LifecycleNode):
         self._active = False
         return super().on_deactivate(state)
 
+    def _stop_workers(self) -> None:
+        for cam in self._cams.values():
+            with cam.cond:
+                cam.stop = True
+                cam.cond.notify_all()
+        for cam in self._cams.values():
+            if cam.worker is not None:
+                cam.worker.join(timeout=5.0)
+                cam.worker = None
+
+    def destroy_node(self) -> None:
+        self._active = False
+        self._stop_workers()
+        super().destroy_node()
+
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._active = False
+        self._stop_workers()
         for h in self._handles:
             if isinstance(h, Timer):
                 self.destroy_timer(h)
@@ -189,6 +257,7 @@ class PerceptionNode(LifecycleNode):
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._active = False
+        self._stop_workers()
         return TransitionCallbackReturn.SUCCESS
 
     # ------------------------------------------------------------------ inputs
@@ -206,8 +275,10 @@ class PerceptionNode(LifecycleNode):
                                           f"which this node does not filter ({list(self._cams)})")
         for name, boxes in by_cam.items():
             cam = self._cams[name]
-            with cam.lock:
+            with cam.lock, cam.cond:
                 cam.pending_boxes = boxes
+                if not boxes and self._pipelined:
+                    cam.state = None  # no distractors: stop masking from the next frame
         self.get_logger().info(f"subtask {key} {msg.instruction!r}: "
                                f"{ {n: len(b) for n, b in by_cam.items()} } distractor box(es)")
 
@@ -221,43 +292,106 @@ class PerceptionNode(LifecycleNode):
             return
         cam.last_rx = time.monotonic()
         try:
-            arr = from_image_msg(msg)
+            arr = from_image_msg(msg)  # a view of the received buffer, no copy
             if msg.encoding not in _COLOUR and not (arr.ndim == 2 and arr.dtype == np.uint8):
                 raise ImageError(f"unsupported encoding {msg.encoding!r} for filtering "
                                  f"(8-bit colour or mono images only)")
-            rgb = _to_rgb(arr, msg.encoding)
             hw = (int(msg.height), int(msg.width))
-            with cam.lock:
-                pending, cam.pending_boxes = cam.pending_boxes, None
-                if cam.shape is not None and cam.shape != hw and cam.active and pending is None:
-                    raise ImageError(f"image size changed from {cam.shape[1]}x{cam.shape[0]} to "
-                                     f"{hw[1]}x{hw[0]} while tracking; waiting for a new subtask")
-                cam.shape = hw
-                if pending is not None:
-                    self._start_tracking(cam, rgb, pending)
-                mask = cam.propagator.update(rgb) if cam.active else None
+            if self._pipelined:
+                with cam.cond:
+                    state = cam.state
+                    if state is not None and state.mask.shape != hw:
+                        raise ImageError(f"image size changed from {state.mask.shape[1]}x{state.mask.shape[0]} "
+                                         f"to {hw[1]}x{hw[0]} while tracking; waiting for a new subtask")
+                    cam.latest = (arr, msg.encoding)  # the worker propagates the newest frame
+                    cam.cond.notify()
+            else:
+                state = self._process(cam, arr, msg.encoding, hw)
         except (ImageConversionError, ImageError, BoxError, SegmenterError, ValueError) as exc:
             self._report(cam, _error_code(exc), str(exc))
             return
         except Exception as exc:  # a bug must not take the cameras down: report it and go on
-            self.get_logger().error(f"{cam.name}: unexpected {type(exc).__name__}: {exc}\n"
-                                    f"{traceback.format_exc()}", throttle_duration_sec=5.0)
-            self._report(cam, PerceptionStatus.ERROR_SEGMENTER_FAILED, f"{type(exc).__name__}: {exc}")
+            self._report_bug(cam, exc)
             return
         cam.frames += 1
-        if mask is None:
-            filtered_msg = msg  # nothing to mask: forward the frame as it came
-            cam.mask_fraction = 0.0
-        else:
-            filtered = apply_mask(arr, mask, self.p["fill"])
-            filtered_msg = to_image_msg(filtered, msg.encoding, msg.header)
-            cam.mask_fraction = float(mask.mean())
-        self._pubs[f"img/{cam.name}"].publish(filtered_msg)
-        if self.p["publish_mask"]:
-            m = np.zeros(arr.shape[:2], np.uint8) if mask is None else mask.view(np.uint8) * np.uint8(255)
-            self._pubs[f"mask/{cam.name}"].publish(to_image_msg(m, "mono8", msg.header))
+        self._publish(cam, msg, arr, state)
         if cam.error_code in (PerceptionStatus.ERROR_STALE_INPUT, PerceptionStatus.ERROR_BAD_IMAGE):
             cam.error_code, cam.error_msg = PerceptionStatus.ERROR_NONE, ""
+
+    def _process(self, cam: _Camera, arr: np.ndarray, encoding: str, hw: tuple[int, int]) -> _MaskState | None:
+        """Start tracking on new boxes or propagate the mask to this frame; the mask to apply."""
+        rgb = _to_rgb(arr, encoding)
+        with cam.lock:
+            pending, cam.pending_boxes = cam.pending_boxes, None
+            if cam.shape is not None and cam.shape != hw and cam.active and pending is None:
+                raise ImageError(f"image size changed from {cam.shape[1]}x{cam.shape[0]} to "
+                                 f"{hw[1]}x{hw[0]} while tracking; waiting for a new subtask")
+            cam.shape = hw
+            if pending is not None:
+                self._start_tracking(cam, rgb, pending)
+            if not cam.active:
+                return None
+            mask = cam.propagator.update(rgb) if pending is None else cam.propagator.mask
+            if mask is None:
+                return None
+            dilate = self.p["pipeline_dilate_px"] if self._pipelined else 0
+            return _mask_state(mask, 1 if arr.ndim == 2 else arr.shape[2], dilate)
+
+    def _worker(self, cam: _Camera) -> None:
+        """Pipelined mode: propagate the newest frame of one camera, publish nothing."""
+        while True:
+            with cam.cond:
+                while cam.latest is None and not cam.stop:
+                    cam.cond.wait(0.5)
+                if cam.stop:
+                    return
+                assert cam.latest is not None
+                (arr, encoding), cam.latest = cam.latest, None
+            try:
+                state = self._process(cam, arr, encoding, arr.shape[:2])
+                with cam.cond:
+                    if cam.pending_boxes is None:  # else a newer subtask decides
+                        cam.state = state
+            except (ImageConversionError, ImageError, BoxError, SegmenterError, ValueError) as exc:
+                self._report(cam, _error_code(exc), str(exc))
+            except Exception as exc:  # keep the worker alive: report and go on with the next frame
+                self._report_bug(cam, exc)
+
+    def _publish(self, cam: _Camera, msg: Image, arr: np.ndarray, state: _MaskState | None) -> None:
+        """Publish the filtered frame (and mask): one pass over the pixels into a reused buffer."""
+        if state is None:
+            self._pubs[f"img/{cam.name}"].publish(msg)  # nothing to mask: forward the frame as it came
+            cam.mask_fraction = 0.0
+        else:
+            if cam.out is None or len(cam.out) != arr.nbytes:
+                cam.out = array.array("B", bytes(arr.nbytes))
+            view = np.frombuffer(cam.out, np.uint8).reshape(arr.shape)
+            fill = self.p["fill"]
+            if fill == "zero" and state.keep.shape == arr.shape:
+                cv2.multiply(arr, state.keep, dst=view)  # I * (1 - Q)
+            else:
+                apply_mask(arr, state.mask, fill, out=view)
+            out = Image(header=msg.header, height=msg.height, width=msg.width, encoding=msg.encoding,
+                        is_bigendian=0, step=view.strides[0])
+            out.data = cam.out  # array('B'): taken as is; publish() serialises it before returning
+            self._pubs[f"img/{cam.name}"].publish(out)
+            cam.mask_fraction = state.fraction
+        if self.p["publish_mask"]:
+            h, w = arr.shape[:2]
+            if state is None:
+                if cam.zero_mask is None or len(cam.zero_mask) != h * w:
+                    cam.zero_mask = array.array("B", bytes(h * w))
+                data = cam.zero_mask
+            else:
+                data = state.mask_data
+            m = Image(header=msg.header, height=h, width=w, encoding="mono8", is_bigendian=0, step=w)
+            m.data = data
+            self._pubs[f"mask/{cam.name}"].publish(m)
+
+    def _report_bug(self, cam: _Camera, exc: Exception) -> None:
+        self.get_logger().error(f"{cam.name}: unexpected {type(exc).__name__}: {exc}\n"
+                                f"{traceback.format_exc()}", throttle_duration_sec=5.0)
+        self._report(cam, PerceptionStatus.ERROR_SEGMENTER_FAILED, f"{type(exc).__name__}: {exc}")
 
     def _start_tracking(self, cam: _Camera, rgb: np.ndarray, boxes: Sequence[PixelBox]) -> None:
         """Segment the subtask's boxes on this frame (caller holds ``cam.lock``)."""

@@ -6,6 +6,8 @@ converts arrays element by element), so :func:`to_image_msg` always hands over b
 
 from __future__ import annotations
 
+import array
+
 import numpy as np
 from sensor_msgs.msg import Image
 
@@ -74,7 +76,7 @@ def from_image_msg(msg: Image, *, copy: bool = False) -> np.ndarray:
     if step < row:
         raise ImageConversionError(f"image step {step} is smaller than a row ({row} bytes) for {w}x{msg.encoding}")
     buf = msg.data
-    if not isinstance(buf, (bytes, bytearray, memoryview)):
+    if not isinstance(buf, (bytes, bytearray, memoryview, array.array)):  # received: array('B'), no copy
         buf = bytes(buf)
     if len(buf) != step * h:
         raise ImageConversionError(
