@@ -17,6 +17,7 @@ Each object from the segmenter is tracked on its own:
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -372,7 +373,7 @@ class MaskPropagator:
                     local, lik = shifted, lik_shifted
                     n = int(np.count_nonzero(local))
         colour_drift = max(0.0, 1.0 - lik / track.ref_likelihood)
-        k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * cfg.grow_px + 1, 2 * cfg.grow_px + 1))
+        k = _ellipse(cfg.grow_px)
         search = cv2.dilate(local.view(np.uint8), k).view(bool)
         snapped = _fill((prob >= 128) & search)
         ns = int(np.count_nonzero(snapped))
@@ -445,6 +446,12 @@ class MaskPropagator:
             if self._accept_segment(track, image, hsv, box):
                 self.stats.reacquisitions += 1
                 log.debug("object %r re-acquired at %s", track.label, box)
+
+
+@functools.lru_cache(maxsize=8)
+def _ellipse(radius: int) -> np.ndarray:
+    """Elliptic structuring element of ``radius`` (built once: ~0.5 ms each time otherwise)."""
+    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
 
 
 def _likelihood(colour: ColourModel, hsv: np.ndarray, region: _Region) -> float:
