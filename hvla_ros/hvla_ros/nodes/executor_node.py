@@ -295,11 +295,18 @@ class ExecutorNode(LifecycleNode):
                              max_obs_age_s=float(self.p["max_observation_age_s"]))
         grippers = lib.robot.gripper_joints
         stale_since: float | None = None
+        started = self.now_s()
+        chunk_s = runner.step_period * skill.spec.n_action_steps
         while not runner.done:
             reason = self._stop_reason(handle)
             if reason is not None:
                 return self._finish(handle, runner, t0, reason)
             now = self.now_s()
+            if now - started >= runner.horizon_s + chunk_s:
+                # The horizon is a time budget as well as a step budget: a policy slower than
+                # real time must not keep the subtask running (much) past it, or the planner
+                # counts the executor as silent. One chunk of grace keeps fast policies exact.
+                break
             if now < runner.next_due(self._latency):
                 time.sleep(min(0.005, runner.next_due(self._latency) - now))
                 continue
