@@ -90,6 +90,7 @@ def test_estop_holds_the_simulated_arm(rclpy_context):
         msg.joint_names = list(SO101.joint_names)
         msg.num_steps = T
         msg.positions = pos.ravel().tolist()
+        wait(lambda: pub.get_subscription_count() > 0)  # volatile topic: publish once matched
         pub.publish(msg)
         wait(lambda: (s := latest()) is not None and s[1][0] - q0[0] > 0.1)  # the arm is moving
         fut = cli.call_async(SetEStop.Request(engage=True, reason="test"))
