@@ -126,3 +126,17 @@ def test_shipped_keypoint_library_loads():
         skill = lib.get(name)
         assert skill.bundle.image_encoder == "colour_keypoints"
         assert skill.bundle.cameras == ["front", "wrist"]
+
+
+def test_train_refiner_on_a_keypoint_skill(keypoint_policy, tmp_path):
+    from hvla_ros.refiner.train import load_refiner
+
+    ds = keypoint_policy.parent / "demos"
+    out = tmp_path / "refiner"
+    rc = hvla(["train-refiner", "--dataset", str(ds), "--skill", "pick", "--policy", str(keypoint_policy),
+               "--out", str(out), "--steps", "3", "--batch-size", "8", "--d-model", "16", "--layers", "1",
+               "--val-every", "2", "--threads", "1", "--no-progress"])
+    assert rc == 0
+    model, _ = load_refiner(out)
+    # Context per observation step: state (6) + keypoints of two cameras + instruction (16).
+    assert model.cfg.context_dim == 6 + kp.feature_dim(2) + 16
