@@ -59,12 +59,12 @@ def run(args: argparse.Namespace) -> int:
     run_dir = run_dir.resolve()
     if any(n.name == "planner" for n in graph.nodes):
         graph = graph.with_parameters("planner", log_dir=str(run_dir / "episodes"))
-    session = GraphSession(graph, run_dir)
+    managed = ManagedGraph(graph, run_dir)
     goal = graph.goal if demo else overrides.get("goal", "")
-    return session.run(goal=goal, timeout=args.timeout, startup_timeout=args.startup_timeout, stay_up=not demo)
+    return managed.run(goal=goal, timeout=args.timeout, startup_timeout=args.startup_timeout, stay_up=not demo)
 
 
-class GraphSession:
+class ManagedGraph:
     """Start the graph, optionally run one goal with progress + report, then tear down."""
 
     def __init__(self, graph: Graph, run_dir: Path) -> None:
