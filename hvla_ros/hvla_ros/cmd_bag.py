@@ -24,6 +24,7 @@ import numpy as np
 
 from hvla_ros import topics
 from hvla_ros.bag import BagError, BagMessage, deserialize, header_stamp_ns, read_bag, replay
+from hvla_ros.cli_args import parse_assignments
 from hvla_ros.rosutil.time import seconds
 
 log = logging.getLogger("hvla")
@@ -94,23 +95,13 @@ def _record(node: Any, args: argparse.Namespace) -> int:
     return 0
 
 
-def _parse_map(items: list[str]) -> dict[str, str]:
-    out = {}
-    for item in items:
-        if ":=" not in item:
-            raise BagError(f"--map expects FROM:=TO, got {item!r}")
-        a, b = item.split(":=", 1)
-        out[a] = b
-    return out
-
-
 def _replay(node: Any, args: argparse.Namespace) -> int:
     from rclpy.executors import MultiThreadedExecutor
 
     messages = read_bag(args.bag, args.topics)
     if not messages:
         raise BagError(f"bag {str(args.bag)!r} has no messages on the chosen topics")
-    remap = _parse_map(args.map)
+    remap = parse_assignments(args.map, lambda item: BagError(f"--map expects FROM:=TO, got {item!r}"))
     print(f"[hvla] replaying {len(messages)} messages from {args.bag} "
           f"({(messages[-1].timestamp_ns - messages[0].timestamp_ns) / 1e9:.1f} s recorded) at rate {args.rate}",
           flush=True)

@@ -16,19 +16,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+from hvla_ros.cli_args import parse_assignments
 from hvla_ros.graph import ARGUMENT_NAMES, LAUNCH_ARGUMENTS, Graph, GraphConfigError, build_graph
 
 log = logging.getLogger("hvla")
 
 
 def parse_launch_args(items: list[str]) -> dict[str, str]:
-    out = {}
-    for item in items:
-        if ":=" not in item:
-            raise GraphConfigError(f"expected name:=value, got {item!r} (arguments: {list(ARGUMENT_NAMES)})")
-        key, value = item.split(":=", 1)
-        out[key] = value
-    return out
+    return parse_assignments(items, lambda item: GraphConfigError(
+        f"expected name:=value, got {item!r} (arguments: {list(ARGUMENT_NAMES)})"))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -18,17 +18,9 @@ import argparse
 import logging
 from pathlib import Path
 
+from hvla_ros.cli_args import image_size
+
 log = logging.getLogger(__name__)
-
-
-def _hw(text: str) -> tuple[int, int]:
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"image size must be HxW (e.g. 48x64), got {text!r}") from None
-    if h < 16 or w < 16:
-        raise argparse.ArgumentTypeError(f"image size must be at least 16x16, got {text!r}")
-    return h, w
 
 
 def _dims(text: str) -> tuple[int, ...]:
@@ -62,7 +54,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--cameras", nargs="+", default=None, help="cameras to read (default: all in the dataset)"
     )
     parser.add_argument(
-        "--image-size", type=_hw, default=(48, 64), help="policy input HxW (images are resized)"
+        "--image-size", type=image_size(16, "48x64"), default=(48, 64), help="policy input HxW (images are resized)"
     )
     parser.add_argument("--horizon", type=int, default=16, help="predicted chunk length")
     parser.add_argument("--n-action-steps", type=int, default=8, help="steps executed per chunk")

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from hvla_ros import topics
+from hvla_ros.cli_args import image_size
 
 if TYPE_CHECKING:  # mujoco is imported late so default_gl_backend() can still pick the backend
     from hvla_ros.sim.world import SimWorld
@@ -225,22 +226,12 @@ def record_demos(
     return RecordSummary(root=root, kept=kept, discarded=discarded, frames=frames, bags=bags)
 
 
-def _size(text: str) -> tuple[int, int]:
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"image size must be HxW (e.g. 96x128), got {text!r}") from None
-    if h < 8 or w < 8:
-        raise argparse.ArgumentTypeError(f"image size must be at least 8x8, got {text!r}")
-    return h, w
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--task", required=True, help="task id of the simulated suite")
     parser.add_argument("--episodes", type=int, default=10, help="successful episodes to record")
     parser.add_argument("--root", type=Path, required=True, help="new dataset directory")
     parser.add_argument("--first-seed", type=int, default=0, help="seed of the first episode")
-    parser.add_argument("--image-size", type=_size, default=(96, 128), help="HxW of recorded images")
+    parser.add_argument("--image-size", type=image_size(8, "96x128"), default=(96, 128), help="HxW of recorded images")
     parser.add_argument("--cameras", nargs="*", default=None, help="cameras to record (default: all)")
     parser.add_argument("--bag", action="store_true", help="also write a rosbag2 MCAP per episode")
     parser.add_argument("--repo-id", default=None, help="dataset repo id (default local/<task>)")
