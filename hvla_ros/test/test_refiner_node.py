@@ -127,6 +127,7 @@ class Peer:
 def _ready(peer: Peer) -> None:
     assert peer.estop_cli.wait_for_service(timeout_sec=20.0), "refiner node did not come up"
     peer.wait_for(lambda: peer.status)  # its timer runs and it sees our joint states
+    peer.wait_for(lambda: peer.chunk_pub.get_subscription_count() > 0)  # volatile: chunks need a match
 
 
 def _seconds(stamp) -> float:
@@ -206,7 +207,7 @@ def test_chunks_nan_estop_and_watchdog_single_arm(rclpy_context):
             m.num_steps = int(rng.integers(0, 5))
             m.positions = rng.choice([np.nan, np.inf, 1e9, 0.1], int(rng.integers(0, 30))).tolist()
             peer.chunk_pub.publish(m)
-            time.sleep(0.02)  # the chunk queue is 10 deep: do not outrun the subscriber
+            time.sleep(0.05)  # the chunk queue is 10 deep: do not outrun the subscriber
         peer.wait_for(lambda: [m for _, m in peer.status if m.chunks_rejected >= rejected_before + 30])
         peer.clear()
         peer.send_chunk(pos, peer.now() + 0.5)

@@ -296,16 +296,17 @@ class ExecutorNode(LifecycleNode):
         grippers = lib.robot.gripper_joints
         stale_since: float | None = None
         started = self.now_s()
-        chunk_s = runner.step_period * skill.spec.n_action_steps
+        grace_s = max(2.0, runner.step_period * skill.spec.n_action_steps)
         while not runner.done:
             reason = self._stop_reason(handle)
             if reason is not None:
                 return self._finish(handle, runner, t0, reason)
             now = self.now_s()
-            if now - started >= runner.horizon_s + chunk_s:
+            if now - started >= runner.horizon_s + grace_s:
                 # The horizon is a time budget as well as a step budget: a policy slower than
-                # real time must not keep the subtask running (much) past it, or the planner
-                # counts the executor as silent. One chunk of grace keeps fast policies exact.
+                # real time must not keep the subtask running far past it, or the planner counts
+                # the executor as silent (after its margin, 5 s by default). The grace keeps the
+                # step budget exact for policies that merely start slowly.
                 break
             if now < runner.next_due(self._latency):
                 time.sleep(min(0.005, runner.next_due(self._latency) - now))
