@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from hvla_ros.robot import HOME_POSITION, JOINTS
+from hvla_ros.testing import procs
 
 pytestmark = pytest.mark.ros
 PERIOD = 1 / 30
@@ -57,18 +58,11 @@ def skills_file(tmp_path_factory) -> Path:
 def _start(args: list[str]) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "hvla_ros.nodes.executor_node", "--ros-args", *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return procs.spawn(cmd, env=env)
 
 
 def _stop(proc: subprocess.Popen) -> str:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
-    return proc.stdout.read() if proc.stdout else ""
+    return procs.stop(proc)
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +103,7 @@ class _Peer:
 
         self.node = Node("executor_test", context=ctx)
         self.chunks: list[tuple[float, ActionChunk]] = []
-        self.node.create_subscription(
+        self.chunk_sub = self.node.create_subscription(
             ActionChunk, topics.ANCHOR_CHUNKS, lambda m: self.chunks.append((time.monotonic(), m)), COMMAND_QOS
         )
         self.img_pub = self.node.create_publisher(Image, topics.filtered_image("front"), IMAGE_QOS)
@@ -195,6 +189,9 @@ def peer(executor_process):
         assert p.list_skills.wait_for_service(timeout_sec=10.0)
         # The servers exist from construction; requests are served once configure (policy loading) is done.
         _wait_future(p.list_skills.call_async(ListSkills.Request()), 120.0, executor_process)
+        # chunks and observations are volatile: every topic must be matched before the first goal
+        assert _wait(lambda: p.chunk_sub.get_publisher_count() > 0 and p.img_pub.get_subscription_count() > 0
+                     and p.js_pub.get_subscription_count() > 0, 30.0), "executor topics did not match"
         yield p
     finally:
         p.close()

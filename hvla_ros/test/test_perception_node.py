@@ -12,6 +12,8 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
+from hvla_ros.testing import procs
+
 pytestmark = pytest.mark.ros
 
 H, W = 96, 128
@@ -30,16 +32,11 @@ def perception_process():
     cmd = [sys.executable, "-m", "hvla_ros.nodes.perception_node", "--ros-args",
            "-p", "cameras:=[front]", "-p", "stale_timeout_s:=0.4", "-p", "status_period_s:=0.1",
            "-p", "fill:=zero"]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = procs.spawn(cmd, env=env)
     try:
         yield proc
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
+        print(procs.stop(proc)[-4000:])  # shown by pytest when a test of this module fails
 
 
 def test_node_filters_reports_and_survives_bad_input(rclpy_context, perception_process):
@@ -71,7 +68,7 @@ def test_node_filters_reports_and_survives_bad_input(rclpy_context, perception_p
         last = 0.0
         while time.monotonic() < end:
             if perception_process.poll() is not None:
-                out = perception_process.stdout.read() if perception_process.stdout else ""
+                out = procs.output(perception_process)
                 pytest.fail(f"perception_node exited with {perception_process.returncode}:\n{out}")
             if publish is not None and time.monotonic() - last > 0.05:
                 img_pub.publish(publish)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import threading
 import time
@@ -20,6 +19,7 @@ from hvla_ros.planner import EpisodeRunner, ExecutionReport, Executor, ReasonerE
 from hvla_ros.planner.openai_chat import OpenAIChat
 from hvla_ros.planner.serve_vlm import ChatServer
 from hvla_ros.planner.vlm import FunctionChat, Message, VLMReasoner
+from hvla_ros.testing import procs
 
 IMG = np.zeros((48, 64, 3), np.uint8)
 IMG[10:20, 10:30] = (200, 30, 30)
@@ -47,30 +47,14 @@ def served_tiny_vlm(tmp_path_factory):
     pytest.importorskip("transformers")
     model = tmp_path_factory.mktemp("served") / "tiny"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(
+    proc = procs.spawn(
         [sys.executable, "-m", "hvla_ros.cli", "serve-vlm", "--build-tiny", "--model", str(model), "--port", "0",
-         "--max-new-tokens", "24", "--served-name", "tiny"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+         "--max-new-tokens", "24", "--served-name", "tiny"], env=env)
     try:
-        url = None
-        deadline = time.monotonic() + 120
-        assert proc.stdout is not None
-        while time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if not line:
-                break
-            if line.startswith("serving"):
-                url = line.rsplit(" at ", 1)[1].strip()
-                break
-        assert url, "the server did not start"
-        yield url
+        line = procs.wait_for_line(proc, "serving", timeout=120)
+        yield line.rsplit(" at ", 1)[1].strip()
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        procs.stop(proc)
 
 
 def test_served_tiny_vlm_answers_chat_completions_with_images(served_tiny_vlm):

@@ -6,12 +6,13 @@ bad goals end cleanly."""
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import threading
 import time
 
 import pytest
+
+from hvla_ros.testing import procs
 
 pytestmark = pytest.mark.ros
 
@@ -43,19 +44,14 @@ def scene_images():
 @pytest.fixture(scope="module")
 def planner_process(tmp_path_factory):
     log_dir = tmp_path_factory.mktemp("episodes")
-    proc = subprocess.Popen(
+    proc = procs.spawn(
         [sys.executable, "-m", "hvla_ros.nodes.planner_node", "--ros-args", "-p", f"log_dir:={log_dir}",
          "-p", "executor_wait_s:=20.0", "-p", "image_wait_s:=20.0", "-p", "executor_margin_s:=3.0"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ})
+        env={**os.environ})
     try:
         yield proc, log_dir
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        print(procs.stop(proc)[-4000:])  # shown by pytest when a test of this module fails
 
 
 class Harness:
@@ -269,11 +265,11 @@ def test_a_silent_executor_takes_the_timeout_path(rclpy_context, scene_images, t
         s["horizon_s"] = 0.5
     templates = tmp_path / "templates.yaml"
     templates.write_text(yaml.safe_dump(doc))
-    proc = subprocess.Popen(
+    proc = procs.spawn(
         [sys.executable, "-m", "hvla_ros.nodes.planner_node", "--ros-args", "-r", "__ns:=/silent",
          "-p", f"log_dir:={tmp_path}", "-p", f"templates:={templates}", "-p", "executor_margin_s:=1.0",
          "-p", "max_attempts:=1", "-p", "max_replans:=0", "-p", "executor_wait_s:=20.0", "-p", "image_wait_s:=20.0"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ})
+        env={**os.environ})
     h = Harness(rclpy_context, scene_images, mode="silent", namespace="silent")  # apart from the other planner
     try:
         res = h.wait(h.send(GOAL).get_result_async(), 60.0)
@@ -285,9 +281,4 @@ def test_a_silent_executor_takes_the_timeout_path(rclpy_context, scene_images, t
         assert verdicts[0]["status"] == "timeout" and verdicts[0]["error"] == "executor_silent"
     finally:
         h.close()
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        print(procs.stop(proc)[-4000:])

@@ -13,6 +13,7 @@ import pytest
 
 from hvla_ros import topics
 from hvla_ros.robot import HOME_POSITION, JOINTS, SO101, SO101_BIMANUAL
+from hvla_ros.testing import procs
 
 pytestmark = pytest.mark.ros
 
@@ -21,21 +22,10 @@ WATCHDOG = 0.3
 
 
 def _start_node(robot: str) -> subprocess.Popen:
-    return subprocess.Popen(
+    return procs.spawn(
         [sys.executable, "-m", "hvla_ros.nodes.refiner_node", "--ros-args",
          "-p", f"robot:={robot}", "-p", f"watchdog_timeout_s:={WATCHDOG}",
-         "-p", f"control_period_s:={PERIOD}", "-p", "latency_budget_s:=0.0"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
-def _stop(proc: subprocess.Popen) -> str:
-    proc.terminate()
-    try:
-        out, _ = proc.communicate(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        out, _ = proc.communicate(timeout=5)
-    return out or ""
+         "-p", f"control_period_s:={PERIOD}", "-p", "latency_budget_s:=0.0"])
 
 
 class Peer:
@@ -126,7 +116,8 @@ class Peer:
 
 def _ready(peer: Peer) -> None:
     assert peer.estop_cli.wait_for_service(timeout_sec=20.0), "refiner node did not come up"
-    peer.wait_for(lambda: peer.status)  # its timer runs and it sees our joint states
+    # its timer runs and it has a measured position for every joint (chunks are refused before)
+    peer.wait_for(lambda: [m for _, m in peer.status if m.joint_state_known])
     peer.wait_for(lambda: peer.chunk_pub.get_subscription_count() > 0)  # volatile: chunks need a match
 
 
@@ -157,6 +148,7 @@ def test_chunks_nan_estop_and_watchdog_single_arm(rclpy_context):
         peer.send_chunk(bad, peer.now() + 0.5)
         _, hold = peer.wait_for(lambda: peer.trajs["arm"] and peer.trajs["arm"][-1])
         assert len(hold.points) == 1
+        assert _seconds(hold.header.stamp) == 0.0  # starts on receipt, whatever the controller's clock says
         np.testing.assert_allclose(hold.points[0].positions, peer.q, atol=1e-9)
         assert list(hold.points[0].velocities) == [0.0] * 6
         assert _seconds(hold.points[0].time_from_start) <= PERIOD + 1e-6
@@ -216,7 +208,8 @@ def test_chunks_nan_estop_and_watchdog_single_arm(rclpy_context):
         assert proc.poll() is None
     finally:
         peer.close()
-        out = _stop(proc)
+        out = procs.stop(proc)
+        print("--- refiner node output ---\n" + out)  # shown when the test fails
     assert "Traceback" not in out, out
 
 
@@ -234,5 +227,6 @@ def test_bimanual_chunk_splits_per_controller(rclpy_context):
             np.testing.assert_allclose([p.positions for p in traj.points], pos[:, cols], atol=1e-9)
     finally:
         peer.close()
-        out = _stop(proc)
+        out = procs.stop(proc)
+        print("--- refiner node output ---\n" + out)  # shown when the test fails
     assert "Traceback" not in out, out

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 import sys
 import threading
 import time
@@ -12,18 +11,9 @@ import pytest
 
 from hvla_ros import topics
 from hvla_ros.robot import SO101
+from hvla_ros.testing import procs
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
-
-
-def _stop(proc: subprocess.Popen) -> str:
-    proc.terminate()
-    try:
-        out, _ = proc.communicate(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        out, _ = proc.communicate(timeout=5)
-    return out or ""
 
 
 def test_estop_holds_the_simulated_arm(rclpy_context):
@@ -31,19 +21,17 @@ def test_estop_holds_the_simulated_arm(rclpy_context):
     from rclpy.executors import SingleThreadedExecutor
     from sensor_msgs.msg import JointState
 
-    from hvla_interfaces.msg import ActionChunk
+    from hvla_interfaces.msg import ActionChunk, SafetyStatus
     from hvla_interfaces.srv import SetEStop
     from hvla_ros.nodes.refiner_node import to_duration, to_time
     from hvla_ros.rosutil.qos import COMMAND_QOS, STATE_QOS
 
-    sim = subprocess.Popen(
+    sim = procs.spawn(
         [sys.executable, "-m", "hvla_ros.nodes.sim_node", "--ros-args", "-p", "task:=cube_in_box",
-         "-p", "camera_rate_hz:=0.0", "-p", "real_time_factor:=1.0", "-p", "stats_period:=0.0"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    ref = subprocess.Popen(
+         "-p", "camera_rate_hz:=0.0", "-p", "real_time_factor:=1.0", "-p", "stats_period:=0.0"])
+    ref = procs.spawn(
         [sys.executable, "-m", "hvla_ros.nodes.refiner_node", "--ros-args", "-p", "use_sim_time:=true",
-         "-p", "watchdog_timeout_s:=10.0", "-p", "max_chunk_age_s:=5.0"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+         "-p", "watchdog_timeout_s:=10.0", "-p", "max_chunk_age_s:=5.0"])
     node = rclpy.create_node("refiner_sim_peer", context=rclpy_context)
     lock = threading.Lock()
     states: list[tuple[float, np.ndarray, np.ndarray]] = []
@@ -55,6 +43,9 @@ def test_estop_holds_the_simulated_arm(rclpy_context):
                            np.array(msg.position)[idx], np.array(msg.velocity)[idx]))
 
     node.create_subscription(JointState, topics.JOINT_STATES, on_js, STATE_QOS)
+    known = threading.Event()  # the refiner has a measured position for every joint
+    node.create_subscription(SafetyStatus, topics.SAFETY_STATUS,
+                             lambda m: known.set() if m.joint_state_known else None, STATE_QOS)
     pub = node.create_publisher(ActionChunk, topics.ANCHOR_CHUNKS, COMMAND_QOS)
     cli = node.create_client(SetEStop, topics.SET_ESTOP_SERVICE)
     ex = SingleThreadedExecutor(context=rclpy_context)
@@ -77,8 +68,8 @@ def test_estop_holds_the_simulated_arm(rclpy_context):
 
     try:
         assert cli.wait_for_service(timeout_sec=30.0)
-        t_sim, q0, _ = wait(latest)
-        time.sleep(0.5)  # let the refiner node receive joint states (and the sim clock)
+        wait(latest)
+        wait(known.is_set)  # before that the refiner refuses every chunk
         t_sim, q0, _ = latest()
         # 2 s chunk: shoulder_pan +0.6 rad, stamped in sim time
         T, period = 60, 1 / 30
@@ -105,7 +96,8 @@ def test_estop_holds_the_simulated_arm(rclpy_context):
         ex.shutdown(timeout_sec=2.0)
         spin.join(timeout=5)
         node.destroy_node()
-        out_ref = _stop(ref)
-        out_sim = _stop(sim)
+        out_ref = procs.stop(ref)
+        out_sim = procs.stop(sim)
+        print(f"--- refiner_node ---\n{out_ref[-3000:]}\n--- sim_node ---\n{out_sim[-3000:]}")
     assert "Traceback" not in out_ref, out_ref
     assert "Traceback" not in out_sim, out_sim

@@ -282,7 +282,7 @@ class RefinerNode(LifecycleNode):
                 raise
 
     def _publish(self, cmd: Command, now: float) -> None:
-        """One JointTrajectory per arm the command covers (header stamp = now)."""
+        """One JointTrajectory per arm the command covers (header stamp = now; zero for a hold)."""
         if cmd.positions.shape[0] == 0:
             return  # nothing measured yet: nothing safe to send
         names = list(cmd.joint_names)
@@ -291,7 +291,10 @@ class RefinerNode(LifecycleNode):
             if len(cols) != len(arm.joint_names):
                 continue
             traj = JointTrajectory()
-            traj.header.stamp = to_time(now)
+            # A hold starts on receipt (stamp zero = "now" on the controller's clock): stamped with
+            # our clock, a controller whose clock runs ahead by more than one control period would
+            # refuse it as ending in the past and keep following the old trajectory.
+            traj.header.stamp = to_time(0.0 if cmd.hold else now)
             traj.joint_names = list(arm.joint_names)
             for k in range(cmd.positions.shape[0]):
                 pt = JointTrajectoryPoint()
@@ -311,6 +314,7 @@ class RefinerNode(LifecycleNode):
         msg.header.stamp = to_time(now)
         msg.estop_engaged = f.estop_engaged
         msg.holding = f.holding
+        msg.joint_state_known = f.measured is not None
         msg.chunks_accepted = c.chunks_accepted
         msg.chunks_rejected = c.chunks_rejected
         msg.steps_clamped = c.steps_clamped

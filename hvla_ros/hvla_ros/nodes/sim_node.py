@@ -138,7 +138,7 @@ class SimNode(Node):
         try:
             self.runner.submit_trajectory(controller, list(msg.joint_names), points, stamp)
         except TrajectoryRejected as exc:
-            self.get_logger().error(f"rejected trajectory, holding position: {exc}")
+            self.get_logger().error(f"rejected trajectory, still following the previous one: {exc}")
 
     def _on_reset(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
         task = str(self.get_parameter("task").value)

@@ -33,6 +33,12 @@ def run_node(factory: Callable[[], Node], args: Sequence[str] | None = None, *, 
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except Exception:
+        # SIGTERM shuts the context down from the signal handler; a spin that is between two
+        # waits then fails to build its wait set (RCLError) instead of raising
+        # ExternalShutdownException. That is a normal shutdown, anything else is not.
+        if rclpy.ok():
+            raise
     finally:
         # Let callbacks still running in the pool finish before their node is destroyed.
         executor.shutdown(timeout_sec=5.0)
