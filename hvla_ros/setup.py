@@ -10,10 +10,10 @@ NODES = ("sim", "planner", "perception", "executor", "refiner")
 setup(
     name=PACKAGE,
     version="0.1.0",
-    # Namespace discovery also picks up the data-only folders (config/, description/, skills/).
+    # Namespace discovery also picks up the data-only folders (config/, description/, skills/, refiners/).
     packages=find_namespace_packages(include=[PACKAGE, f"{PACKAGE}.*"]),
     package_data={PACKAGE: ["py.typed", "config/*.yaml", "config/*.xml", "description/*", "assets/**/*",
-                            "skills/**/*"]},
+                            "skills/**/*", "refiners/**/*"]},
     include_package_data=True,
     data_files=[
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),

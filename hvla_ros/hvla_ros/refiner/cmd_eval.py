@@ -17,10 +17,13 @@ data (mean norm and covariance trace, raw actions vs residuals)::
 from __future__ import annotations
 
 import argparse
+import contextlib
+import copy
 import functools
 import json
 import logging
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,9 +38,25 @@ PAPER_DELTA = {"full": +7.8, "no_gripper": -3.8, "naive_gripper_mse": -9.7, "no_
 PRECISION_TASKS = ("cube_in_box", "pen_in_holder", "stack_blue_on_yellow", "open_drawer")
 
 
+def expert_prefix(world: Any, k: int) -> list[bool]:
+    """The task's scripted expert does the first ``k`` subtasks (as ``hvla eval-skills
+    --expert-subtasks``); returns their post-conditions. The world must be freshly reset."""
+    if k <= 0:
+        return []
+    expert = world.task.expert(world)
+    while expert.current < k and not expert.done and world.time < world.task.time_limit:
+        world.set_joint_targets(np.asarray(expert.act(world), dtype=float))
+        world.step(world.control_steps)
+    return [bool(world.subtask_success(i)) for i in range(k)]
+
+
 def run_episode(world: Any, lib: Any, seed: int, refiner: Any, *, horizon_s: float | None,
-                cameras: list[str]) -> dict[str, Any]:
-    """One seeded episode with chunks refined by ``refiner`` (None = anchor only) and safety-filtered."""
+                cameras: list[str], expert_subtasks: int = 0) -> dict[str, Any]:
+    """One seeded episode with chunks refined by ``refiner`` (None = anchor only) and safety-filtered.
+
+    ``expert_subtasks``: the first K subtasks are done by the scripted expert (to measure a later
+    skill, e.g. place after an expert pick); the skills and the refiner run the rest.
+    """
     from hvla_ros.executor.runner import Observation, ObservationBuffer, SkillRunner
     from hvla_ros.refiner.runtime import observation_context_provider
     from hvla_ros.refiner.safety import Chunk, SafetyConfig, SafetyFilter
@@ -45,9 +64,12 @@ def run_episode(world: Any, lib: Any, seed: int, refiner: Any, *, horizon_s: flo
     world.reset(seed)
     names = world.joint_names
     safety = SafetyFilter(world.robot, SafetyConfig(latency_budget=0.0))
-    results: list[bool] = []
+    results = expert_prefix(world, expert_subtasks)
     interventions = 0
+    refined0 = refiner.refined if refiner is not None else 0
     for i, sub in enumerate(world.task.subtasks()):
+        if i < expert_subtasks:
+            continue
         skill = lib.get(sub.skill)
         runner = SkillRunner(skill, sub.instruction, horizon_s, max_obs_age_s=1e9)
         buf = ObservationBuffer(maxlen=8)
@@ -83,10 +105,10 @@ def run_episode(world: Any, lib: Any, seed: int, refiner: Any, *, horizon_s: flo
                 for _ in range(max(planned.num_steps - 1, 0)):
                     world.step(world.control_steps)
                     observe()
-        ok = world.subtask_success(i)
-        results.append(ok)
+        results.append(bool(world.subtask_success(i)))
     world.step(round(world.task.settle_time / world.timestep))
-    return {"seed": seed, "subtasks": results, "success": bool(world.success()), "safety_holds": interventions}
+    return {"seed": seed, "subtasks": results, "success": bool(world.success()), "safety_holds": interventions,
+            "refined_chunks": refiner.refined - refined0 if refiner is not None else 0}
 
 
 def _seeds(text: str) -> list[int]:
@@ -103,29 +125,53 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", action="append", default=None,
                    help=f"task id (repeatable; default: the precision tasks {list(PRECISION_TASKS)})")
     p.add_argument("--seeds", type=_seeds, default=_seeds("0-49"), help="e.g. 0-49 or 1,5,9")
-    p.add_argument("--refiners", type=Path, required=True, help="root of <variant>/<skill>/ refiner checkpoints")
+    p.add_argument("--refiners", type=Path, default=None, help="root of <variant>/<skill>/ refiner checkpoints")
     p.add_argument("--variants", default=",".join(["anchor", *ABLATIONS]),
                    help="comma-separated: anchor and/or ablation names")
     p.add_argument("--skills-file", default=None, help="skill library (default: the shipped one)")
     p.add_argument("--horizon-s", type=float, default=None, help="per-subtask horizon (default: skill's)")
     p.add_argument("--image-size", default="96x128", help="rendered HxW (the policy resizes)")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--expert-subtasks", type=int, default=0, metavar="K",
+                   help="the scripted expert does the first K subtasks (evaluates the later skills alone)")
     p.add_argument("--out", type=Path, default=None, help="write all results as JSON")
+    p.add_argument("--combine", type=Path, nargs="+", default=None, metavar="JSON",
+                   help="print one table from earlier --out files (runs nothing)")
 
 
-def _load_variant(root: Path, variant: str, skills: list[str]) -> tuple[Any, dict[str, Any]]:
+def _load_variant(root: Path, variant: str, skills: list[str]) -> tuple[Any, dict[str, Any], dict[str, Path]]:
+    """The variant's refiners, their compactness records, and the co-trained anchors (no_detach)."""
     from hvla_ros.refiner.runtime import ChunkRefiner
     from hvla_ros.refiner.train import load_refiner
 
     cr = ChunkRefiner()
     compact: dict[str, Any] = {}
+    anchors: dict[str, Path] = {}
     for s in skills:
         d = root / variant / s
         if d.is_dir():
             model, meta = load_refiner(d)
             cr.add(s, model, lambda start: None)
             compact[s] = meta.get("compactness")
-    return cr, compact
+            if meta.get("anchor_weights"):
+                anchors[s] = d
+    return cr, compact, anchors
+
+
+@contextlib.contextmanager
+def _anchor_weights(lib: Any, anchors: dict[str, Path]) -> Iterator[None]:
+    """Run with the skills' policies replaced by co-trained anchors, restored afterwards."""
+    from hvla_ros.refiner.train import load_anchor_weights
+
+    saved = {s: copy.deepcopy(lib.get(s).bundle.policy.state_dict()) for s in anchors}
+    try:
+        for s, d in anchors.items():
+            load_anchor_weights(lib.get(s).bundle.policy, d)
+            log.info("skill %s runs with the co-trained anchor of %s", s, d)
+        yield
+    finally:
+        for s, state in saved.items():
+            lib.get(s).bundle.policy.load_state_dict(state)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -134,6 +180,11 @@ def run(args: argparse.Namespace) -> int:
     from hvla_ros.executor.library import SkillConfigError, SkillLibrary
     from hvla_ros.sim.world import SimWorld
 
+    if args.combine:
+        return _combine(args.combine)
+    if args.refiners is None and args.variants.strip() != "anchor":
+        log.error("--refiners is required unless --variants is anchor or --combine is given")
+        return 2
     torch.set_num_threads(args.threads)
     h, w = (int(v) for v in args.image_size.lower().split("x"))
     try:
@@ -146,7 +197,7 @@ def run(args: argparse.Namespace) -> int:
     if unknown:
         log.error("unknown variants %s; expected anchor or %s", unknown, sorted(PAPER_DELTA))
         return 2
-    report: dict[str, Any] = {"seeds": args.seeds, "tasks": {}}
+    report: dict[str, Any] = {"seeds": args.seeds, "expert_subtasks": args.expert_subtasks, "tasks": {}}
     for task in args.task or list(PRECISION_TASKS):
         try:
             world = SimWorld(task, image_size=(h, w))
@@ -154,7 +205,7 @@ def run(args: argparse.Namespace) -> int:
             log.error("task %r is not available in the sim: %s", task, exc)
             continue
         try:
-            subs = world.task.subtasks()
+            subs = world.task.subtasks()[args.expert_subtasks:]
             needed = sorted({s.skill for s in subs})
             missing = sorted(set(needed) - set(lib.names()))
             if missing:
@@ -163,19 +214,28 @@ def run(args: argparse.Namespace) -> int:
             cams = sorted({c for s in subs for c in lib.get(s.skill).spec.cameras})
             rows: dict[str, Any] = {}
             for v in variants:
-                refiner, compact = (None, {}) if v == "anchor" else _load_variant(args.refiners, v, needed)
+                refiner: Any = None
+                compact: dict[str, Any] = {}
+                anchors: dict[str, Path] = {}
+                if v != "anchor":
+                    refiner, compact, anchors = _load_variant(args.refiners, v, needed)
                 if refiner is not None and not refiner.models:
                     log.error("no %s refiners for %s under %s; skipped", v, needed, args.refiners / v)
                     continue
                 t0 = time.monotonic()
-                eps = [run_episode(world, lib, s, refiner, horizon_s=args.horizon_s, cameras=cams)
-                       for s in args.seeds]
+                eps = []
+                with _anchor_weights(lib, anchors):
+                    for seed in args.seeds:
+                        eps.append(run_episode(world, lib, seed, refiner, horizon_s=args.horizon_s, cameras=cams,
+                                               expert_subtasks=args.expert_subtasks))
+                        log.info("%s %s seed %d: subtasks %s, task %s", task, v, seed, eps[-1]["subtasks"],
+                                 "success" if eps[-1]["success"] else "failure")
                 rate = float(np.mean([e["success"] for e in eps]))
-                rows[v] = {"success": rate, "episodes": eps, "compactness": compact,
-                           "seconds": time.monotonic() - t0}
+                rows[v] = {"success": rate, "successes": int(sum(e["success"] for e in eps)), "n": len(eps),
+                           "episodes": eps, "compactness": compact, "seconds": time.monotonic() - t0}
                 log.info("%s %s: %.0f%% over %d seeds", task, v, 100 * rate, len(eps))
             report["tasks"][task] = rows
-            _print_task(task, rows, len(args.seeds))
+            _print_task(task, rows)
         finally:
             world.close()
     if args.out:
@@ -183,17 +243,36 @@ def run(args: argparse.Namespace) -> int:
     return 0 if report["tasks"] else 2
 
 
-def _print_task(task: str, rows: dict[str, Any], n: int) -> None:
+def _combine(files: list[Path]) -> int:
+    """One table per task from several ``--out`` files (variants run in separate processes)."""
+    tasks: dict[str, dict[str, Any]] = {}
+    for f in files:
+        try:
+            doc = json.loads(f.read_text())
+        except (OSError, ValueError) as exc:
+            log.error("cannot read results %s: %s", f, exc)
+            return 2
+        for task, rows in doc.get("tasks", {}).items():
+            tasks.setdefault(task, {}).update(rows)
+    order = ["anchor", *PAPER_DELTA]
+    for task, rows in tasks.items():
+        _print_task(task, {v: rows[v] for v in sorted(rows, key=lambda v: order.index(v) if v in order else 99)})
+    return 0 if tasks else 2
+
+
+def _print_task(task: str, rows: dict[str, Any]) -> None:
     base = rows.get("anchor", {}).get("success")
     full = rows.get("full", {}).get("success")
-    print(f"\n{task}: success over {n} seeds (paper: LIBERO-Long GR-1 deltas, points)")
-    print(f"  {'variant':<20}{'success':>9}{'vs anchor':>11}{'vs full':>9}{'paper':>8}")
+    print(f"\n{task}: success (paper: LIBERO-Long GR-1 deltas in points; full vs anchor, ablations vs full)")
+    print(f"  {'variant':<20}{'seeds':>6}{'succ.':>6}{'success':>9}{'vs anchor':>11}{'vs full':>9}{'paper':>8}")
     for v, r in rows.items():
         s = r["success"]
+        n = r.get("n", len(r.get("episodes", [])))
+        k = r.get("successes", round(s * n))
         d_anchor = f"{100 * (s - base):+.1f}" if base is not None and v != "anchor" else ""
         d_full = f"{100 * (s - full):+.1f}" if full is not None and v not in ("anchor", "full") else ""
         paper = f"{PAPER_DELTA[v]:+.1f}" if v in PAPER_DELTA else ""
-        print(f"  {v:<20}{100 * s:>8.1f}%{d_anchor:>11}{d_full:>9}{paper:>8}")
+        print(f"  {v:<20}{n:>6}{k:>6}{100 * s:>8.1f}%{d_anchor:>11}{d_full:>9}{paper:>8}")
     for v, r in rows.items():
         for skill, c in (r.get("compactness") or {}).items():
             if c:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -54,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
     from hvla_ros.refiner.model import RefineModel, RefinerConfig
     from hvla_ros.robot import ROBOTS
 
+    t_start = time.monotonic()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     pattern = args.pattern or SKILL_PATTERNS.get(args.skill)
@@ -109,6 +111,11 @@ def run(args: argparse.Namespace) -> int:
             "ablation": args.ablation, "train_samples": len(train_set), "val_samples": len(val_set),
             "steps": args.steps, "seed": args.seed, "val_metrics": metrics, "compactness": compact,
             "final_loss": history[-1] if history else None}
+    if not rcfg.detach_anchor:  # the anchor co-trained: the refiner is only valid with these weights
+        meta["anchor_weights"] = tr.ANCHOR_WEIGHTS_FILE
+    meta["train_seconds"] = round(time.monotonic() - t_start, 1)
     tr.save_refiner(model, args.out, meta)
+    if not rcfg.detach_anchor:
+        tr.save_anchor_weights(anchor.policy_module(), args.out)
     print(json.dumps({"out": str(args.out), "val_metrics": metrics, "compactness": compact}, indent=2))
     return 0

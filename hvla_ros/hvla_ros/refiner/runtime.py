@@ -88,6 +88,17 @@ class ChunkRefiner:
         return RefineResult(positions, p_anchor, False, reason)
 
 
+#: The variant whose refiners ship with the package (``hvla_ros/refiners/<variant>/<skill>/``).
+SHIPPED_VARIANT = "full"
+
+
+def shipped_refiner_dir() -> Path:
+    """Directory of the refiners shipped for the default skills (``<skill>/`` checkpoints)."""
+    from importlib import resources
+
+    return Path(str(resources.files("hvla_ros"))) / "refiners" / SHIPPED_VARIANT
+
+
 def load_chunk_refiner(refiner_dir: Path | str, providers: dict[str, ContextProvider]) -> ChunkRefiner:
     """Load ``<refiner_dir>/<skill>/`` checkpoints for every skill that has a provider."""
     from hvla_ros.refiner.train import load_refiner

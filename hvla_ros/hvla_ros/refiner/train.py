@@ -7,8 +7,9 @@ re-runs it with gradients (:func:`train_online`).
 
 Checkpoint layout (:func:`save_refiner` / :func:`load_refiner`)::
 
-    refiner_config.json   RefinerConfig (+ "meta": anchor policy, skill, training record)
-    model.safetensors     RefineModel weights
+    refiner_config.json        RefinerConfig (+ "meta": anchor policy, skill, training record)
+    model.safetensors          RefineModel weights
+    anchor_policy.safetensors  no_detach only: the co-trained anchor's weights (meta "anchor_weights")
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ log = logging.getLogger(__name__)
 
 CONFIG_FILE = "refiner_config.json"
 WEIGHTS_FILE = "model.safetensors"
+#: ``no_detach`` only: the co-trained anchor policy's weights (the refiner is only valid with them)
+ANCHOR_WEIGHTS_FILE = "anchor_policy.safetensors"
 
 
 @dataclass
@@ -234,3 +237,26 @@ def load_refiner(path: Path | str) -> tuple[RefineModel, dict[str, Any]]:
         raise RefinerLoadError(f"cannot load refiner from {p}: weights do not match the config ({e})") from e
     model.eval()
     return model, dict(doc.get("meta", {}))
+
+
+def save_anchor_weights(policy: torch.nn.Module, path: Path | str) -> Path:
+    """Write a co-trained anchor's weights (``no_detach``) beside its refiner."""
+    from safetensors.torch import save_model
+
+    out = Path(path) / ANCHOR_WEIGHTS_FILE
+    save_model(policy, str(out))
+    return out
+
+
+def load_anchor_weights(policy: torch.nn.Module, path: Path | str) -> None:
+    """Load the weights :func:`save_anchor_weights` wrote into ``policy`` (the same architecture)."""
+    from safetensors.torch import load_model
+
+    f = Path(path) / ANCHOR_WEIGHTS_FILE
+    if not f.is_file():
+        raise RefinerLoadError(f"cannot load the co-trained anchor from {Path(path)}: missing {ANCHOR_WEIGHTS_FILE}")
+    try:
+        load_model(policy, str(f), strict=True)
+    except Exception as e:  # safetensors raises its own error type for a corrupt file
+        raise RefinerLoadError(f"cannot load the co-trained anchor from {f}: {e}") from e
+    policy.eval()

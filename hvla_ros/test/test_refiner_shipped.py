@@ -1,0 +1,112 @@
+"""The refiner shipped for the default place skill loads and refines that skill's chunks."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from hvla_ros.robot import GRIPPER_CLOSED, GRIPPER_JOINT, GRIPPER_OPEN, HOME_POSITION
+
+PLACE = "place the red cube in the box"
+
+
+def test_shipped_place_refiner_loads_and_refines_a_chunk():
+    """Fast path (no LeRobot): the checkpoint fits the shipped place policy's config, and a chunk
+    goes through ChunkRefiner refined, finite and close to the anchor."""
+    import torch
+
+    from hvla_ros.executor.library import package_dir
+    from hvla_ros.refiner.runtime import ChunkRefiner, shipped_refiner_dir
+    from hvla_ros.refiner.train import load_refiner
+
+    torch.set_num_threads(1)
+    model, meta = load_refiner(shipped_refiner_dir() / "place")
+    cfg = model.cfg
+    policy = json.loads((package_dir() / "skills" / "keypoints" / "place" / "config.json").read_text())
+    assert meta["skill"] == "place" and meta["ablation"] == "full"
+    assert cfg.chunk_size == policy["n_action_steps"] and cfg.context_tokens == policy["n_obs_steps"]
+    # One context token per observation step: the policy's state + environment-state features.
+    assert cfg.context_dim == sum(f["shape"][0] for f in policy["input_features"].values())
+    assert len(cfg.joint_names) == policy["output_features"]["action"]["shape"][0]
+    # Its training record: refinement beat the anchor on held-out demonstrations.
+    val = meta["val_metrics"]
+    assert val["arm_mse_refined"] < val["arm_mse_anchor"] and val["grip_acc_refined"] >= val["grip_acc_anchor"]
+
+    cr = ChunkRefiner()
+    context = torch.zeros(cfg.context_tokens, cfg.context_dim)  # the normalized mean observation
+    cr.add("place", model, lambda start: context)
+    home = np.array([HOME_POSITION[j] for j in cfg.joint_names])
+    positions = np.repeat(home[None], cfg.chunk_size, axis=0)
+    g = cfg.joint_names.index(GRIPPER_JOINT)
+    positions[:, g] = np.linspace(GRIPPER_CLOSED, GRIPPER_OPEN, cfg.chunk_size)  # releasing the cube
+    res = cr.refine("place", cfg.joint_names, positions, [GRIPPER_JOINT], 0.0)
+    assert res.refined and res.positions.shape == positions.shape and np.all(np.isfinite(res.positions))
+    assert np.all((res.gripper_probabilities >= 0) & (res.gripper_probabilities <= 1))
+    arm = [i for i in range(len(cfg.joint_names)) if i != g]
+    change = np.abs(res.positions[:, arm] - positions[:, arm])
+    assert 1e-4 < change.max() < 0.3, change.max()
+
+
+@pytest.fixture(scope="module")
+def place_skill():
+    import torch
+
+    from hvla_ros.executor.library import SkillLibrary
+
+    torch.set_num_threads(1)
+    return SkillLibrary.load(None).get("place")
+
+
+def _observations(skill, n: int, rng: np.random.Generator):
+    from hvla_ros.executor.runner import Observation
+
+    period = skill.spec.step_period_s
+    joints = {j: float(HOME_POSITION[j]) for j in skill.spec.state_joints}
+    # Coloured rectangles on a grey table: the keypoint encoder finds blobs in them.
+    out = []
+    for k in range(n):
+        images = {}
+        for cam in skill.spec.cameras:
+            img = np.full((96, 128, 3), 128, np.uint8)
+            y, x = rng.integers(10, 70), rng.integers(10, 100)
+            img[y:y + 12, x:x + 12] = (200, 30, 30)
+            images[cam] = img
+        out.append(Observation(stamp=k * period, images=images, joints=joints))
+    return out
+
+
+def test_shipped_place_refiner_matches_the_shipped_skill_and_refines_its_chunk(place_skill):
+    from hvla_ros.executor.runner import ObservationBuffer, SkillRunner
+    from hvla_ros.refiner.anchor import DiffusionAnchor
+    from hvla_ros.refiner.runtime import load_chunk_refiner, observation_context_provider, shipped_refiner_dir
+    from hvla_ros.refiner.train import load_refiner
+
+    root = shipped_refiner_dir()
+    model, meta = load_refiner(root / "place")
+    assert meta["skill"] == "place" and meta["ablation"] == "full"
+    cfg = model.cfg
+    anchor = DiffusionAnchor(place_skill.bundle, tuple(place_skill.spec.action_joints))
+    # Trained against this skill: same joints, chunk length and encoder context.
+    assert cfg.joint_names == tuple(place_skill.spec.action_joints)
+    assert cfg.gripper_names == (GRIPPER_JOINT,)
+    assert cfg.chunk_size == place_skill.spec.n_action_steps
+    assert (cfg.context_tokens, cfg.context_dim) == (anchor.context_tokens, anchor.context_dim)
+
+    buf = ObservationBuffer(maxlen=8)
+    for obs in _observations(place_skill, 2, np.random.default_rng(0)):
+        buf.add(obs)
+    runner = SkillRunner(place_skill, PLACE, max_obs_age_s=1e9)
+    chunk = runner.next_chunk(buf.history(runner.n_obs_steps, runner.step_period), now=buf.history(1, 1.0)[-1].stamp)
+    refiner = load_chunk_refiner(root, {"place": observation_context_provider(place_skill, buf, lambda: PLACE)})
+    grip = [GRIPPER_JOINT]
+    res = refiner.refine("place", chunk.joint_names, chunk.positions, grip, chunk.start_time)
+    assert res.refined and refiner.refined == 1, res.reason
+    assert res.positions.shape == chunk.positions.shape and np.all(np.isfinite(res.positions))
+    assert np.all((res.gripper_probabilities >= 0) & (res.gripper_probabilities <= 1))
+    arm = [i for i, j in enumerate(chunk.joint_names) if j != GRIPPER_JOINT]
+    change = np.abs(res.positions[:, arm] - chunk.positions[:, arm])
+    # A trained residual: not the identity, and a correction of the anchor, not a new trajectory.
+    assert change.max() > 1e-4
+    assert change.max() < 0.3, change.max()
