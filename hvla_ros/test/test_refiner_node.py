@@ -102,6 +102,14 @@ class Peer:
             time.sleep(0.01)
         raise AssertionError("timed out waiting for the refiner node")
 
+    def first_traj(self, arm: str, n_points: int):
+        """The first recorded (t, JointTrajectory) of ``arm`` with ``n_points`` points, or None.
+
+        Search by content, never take the latest: on a loaded machine the watchdog's hold can
+        arrive before this thread looks again.
+        """
+        return next((x for x in self.trajs[arm] if len(x[1].points) == n_points), None)
+
     def clear(self) -> None:
         with self.lock:
             for v in self.trajs.values():
@@ -134,9 +142,8 @@ def test_chunks_nan_estop_and_watchdog_single_arm(rclpy_context):
         start = peer.now() + 0.5  # far enough ahead that no step goes stale in transit
         pos = peer.q[None, :] + 0.004 * np.arange(1, 9)[:, None]
         peer.send_chunk(pos, start)
-        _, traj = peer.wait_for(lambda: peer.trajs["arm"] and peer.trajs["arm"][-1])
+        _, traj = peer.wait_for(lambda: peer.first_traj("arm", 8))
         assert list(traj.joint_names) == list(SO101.joint_names)
-        assert len(traj.points) == 8
         t0 = _seconds(traj.header.stamp)
         for k, pt in enumerate(traj.points):
             assert t0 + _seconds(pt.time_from_start) == pytest.approx(start + k * PERIOD, abs=1e-6)
@@ -179,9 +186,8 @@ def test_chunks_nan_estop_and_watchdog_single_arm(rclpy_context):
         long = peer.q[None, :] + 0.001 * np.arange(1, 61)[:, None]
         t_sent = time.monotonic()
         peer.send_chunk(long, peer.now() + 0.5)
-        peer.wait_for(lambda: peer.trajs["arm"] and len(peer.trajs["arm"][-1][1].points) == 60)
-        t_hold, hold = peer.wait_for(lambda: [x for x in peer.trajs["arm"] if len(x[1].points) == 1]
-                                     and next(x for x in peer.trajs["arm"] if len(x[1].points) == 1))
+        peer.wait_for(lambda: peer.first_traj("arm", 60))
+        t_hold, hold = peer.wait_for(lambda: peer.first_traj("arm", 1))
         assert t_hold - t_sent >= WATCHDOG - 0.05
         st = peer.wait_for(lambda: [m for _, m in peer.status if m.error_code == m.ERROR_WATCHDOG])[-1]
         assert st.holding
@@ -203,8 +209,7 @@ def test_chunks_nan_estop_and_watchdog_single_arm(rclpy_context):
         peer.wait_for(lambda: [m for _, m in peer.status if m.chunks_rejected >= rejected_before + 30])
         peer.clear()
         peer.send_chunk(pos, peer.now() + 0.5)
-        _, traj = peer.wait_for(lambda: [x for x in peer.trajs["arm"] if len(x[1].points) == 8]
-                                and next(x for x in peer.trajs["arm"] if len(x[1].points) == 8))
+        peer.wait_for(lambda: peer.first_traj("arm", 8))
         assert proc.poll() is None
     finally:
         peer.close()
@@ -222,7 +227,7 @@ def test_bimanual_chunk_splits_per_controller(rclpy_context):
         pos = peer.q[None, :] + 0.003 * np.arange(1, 6)[:, None]
         peer.send_chunk(pos, start)
         for arm, cols in (("left", slice(0, 6)), ("right", slice(6, 12))):
-            _, traj = peer.wait_for(lambda a=arm: peer.trajs[a] and peer.trajs[a][0])  # [1] is the watchdog's
+            _, traj = peer.wait_for(lambda a=arm: peer.first_traj(a, 5))
             assert list(traj.joint_names) == list(SO101_BIMANUAL.arm(arm).joint_names)
             np.testing.assert_allclose([p.positions for p in traj.points], pos[:, cols], atol=1e-9)
     finally:
