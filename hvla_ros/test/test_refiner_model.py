@@ -14,6 +14,7 @@ from hvla_ros.refiner.model import (
     RefinerConfig,
     boundary_target,
     directional_signal,
+    gripper_command,
     gripper_target,
     refine_probability,
 )
@@ -65,6 +66,29 @@ def test_gripper_equations():
     # naive MSE target: regress the closing fraction
     naive = gripper_target(torch.tensor([0.3]), closed, small_cfg(naive_gripper_mse=True))
     assert naive.item() == pytest.approx(closing_fraction(closed).item() - 0.3)
+
+
+def test_flipped_gripper_decision_ramps_within_the_step_limit():
+    # A chunk holding the gripper closed whose last steps the refinement flips to "open": the
+    # command ramps towards open at <= max_step per step instead of jumping (a jump over the
+    # safety filter's step-change limit would make it refuse the whole chunk).
+    q_a = torch.full((1, T, 1), GRIPPER_CLOSED)
+    p_a = anchor_probability(q_a)
+    p = p_a.clone()
+    p[:, 5:] = 0.1  # flipped to open from step 5
+    jump = gripper_command(p, p_a, q_a, "decision")
+    assert torch.allclose(jump[0, 5:, 0], torch.full((3,), GRIPPER_OPEN))  # unlimited: jumps 1.3 rad
+    ramp = gripper_command(p, p_a, q_a, "decision", max_step=0.1)
+    steps = torch.diff(torch.cat([q_a[:, :1], ramp], dim=1), dim=1).abs()
+    assert float(steps.max()) <= 0.1 + 1e-6
+    assert torch.allclose(ramp[0, :5], q_a[0, :5])  # unchanged before the flip
+    assert torch.allclose(ramp[0, 5:, 0], GRIPPER_CLOSED + 0.1 * torch.arange(1, 4).float())  # opening
+    # No flip: the anchor's own command, exactly (even where it moves faster than max_step).
+    q_b = torch.linspace(GRIPPER_OPEN, GRIPPER_CLOSED, T).reshape(1, T, 1)
+    p_b = anchor_probability(q_b)
+    assert torch.equal(gripper_command(p_b, p_b, q_b, "decision", max_step=0.1), q_b)
+    with pytest.raises(ValueError, match="gripper_max_step"):
+        small_cfg(gripper_max_step=-1.0)
 
 
 def test_identity_at_initialisation_and_shapes():

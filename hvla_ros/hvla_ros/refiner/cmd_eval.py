@@ -57,11 +57,16 @@ def run_episode(world: Any, lib: Any, seed: int, refiner: Any, *, horizon_s: flo
     ``expert_subtasks``: the first K subtasks are done by the scripted expert (to measure a later
     skill, e.g. place after an expert pick); the skills and the refiner run the rest.
     """
+    import torch
+
     from hvla_ros.executor.runner import Observation, ObservationBuffer, SkillRunner
     from hvla_ros.refiner.runtime import observation_context_provider
     from hvla_ros.refiner.safety import Chunk, SafetyConfig, SafetyFilter
 
     world.reset(seed)
+    # The same denoising noise for every variant on a seed (common random numbers): the
+    # variants' differences are then not drowned in the anchor's sampling noise.
+    torch.manual_seed(seed)
     names = world.joint_names
     safety = SafetyFilter(world.robot, SafetyConfig(latency_budget=0.0))
     results = expert_prefix(world, expert_subtasks)

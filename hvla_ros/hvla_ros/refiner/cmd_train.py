@@ -87,10 +87,14 @@ def run(args: argparse.Namespace) -> int:
     train_set = tr.collect(anchor, batches(np.flatnonzero(~val_mask)), progress=progress)
     val_set = tr.collect(anchor, batches(np.flatnonzero(val_mask)), progress=progress)
     scale, center = tr.action_statistics(train_set.target)
+    # A flipped gripper decision ramps at the gripper's velocity limit (robot.py) per chunk step.
+    robot = next(r for r in ROBOTS.values() if set(joints) <= set(r.joint_names))
+    fps = float(bundle.meta.get("fps", 30))
+    grip_step = min((robot.velocity_limit(g) for g in grippers), default=0.0) / fps
     rcfg = RefinerConfig(joint_names=joints, gripper_names=grippers, chunk_size=anchor.chunk_size,
                          context_tokens=anchor.context_tokens, context_dim=anchor.context_dim,
                          d_model=args.d_model, n_layers=args.layers, margin=args.margin,
-                         grip_weight=args.grip_weight, action_scale=scale,
+                         grip_weight=args.grip_weight, action_scale=scale, gripper_max_step=grip_step,
                          action_center=center).with_ablation(args.ablation)
     model = RefineModel(rcfg, latent_init=anchor.action_latent_tokens())
     tcfg = tr.TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,

@@ -54,6 +54,10 @@ class RefinerConfig:
     action_scale: list[float] = field(default_factory=list)  # per joint (radians per unit)
     action_center: list[float] = field(default_factory=list)  # per joint (radians), direct mode
     gripper_mode: str = "decision"  # how p becomes a gripper position: "decision" | "continuous"
+    # Largest gripper command change between chunk steps (rad; 0 = none): a flipped decision
+    # ramps at the gripper's velocity limit instead of jumping open/closed, which the safety
+    # filter's step-change guard would refuse (the whole chunk, so the arm would hold).
+    gripper_max_step: float = 0.0
     # Ablation switches (paper table): each False/"full" is the method as published.
     gripper_refinement: bool = True  # False: gripper straight from the anchor
     naive_gripper_mse: bool = False  # True: target delta* = c(q_gt) - p_a (plain MSE)
@@ -82,6 +86,8 @@ class RefinerConfig:
         if self.action_center and len(self.action_center) != len(self.joint_names):
             raise ValueError(f"`action_center` has {len(self.action_center)} entries for "
                              f"{len(self.joint_names)} joints.")
+        if not (self.gripper_max_step >= 0 and math.isfinite(self.gripper_max_step)):
+            raise ValueError(f"`gripper_max_step` must be finite and >= 0. Got {self.gripper_max_step}.")
         if self.action_scale and not all(s > 0 and math.isfinite(s) for s in self.action_scale):
             raise ValueError(f"`action_scale` entries must be finite and > 0. Got {self.action_scale}.")
 
@@ -147,18 +153,39 @@ def refine_probability(anchor_logit_or_prob: Tensor, delta: Tensor, *, is_logit:
     return (p_a + delta).clamp(0.0, 1.0)
 
 
-def gripper_command(p: Tensor, p_anchor: Tensor, q_anchor: Tensor, mode: str) -> Tensor:
-    """Turn the refined probability into a gripper position.
+def gripper_command(p: Tensor, p_anchor: Tensor, q_anchor: Tensor, mode: str, max_step: float = 0.0) -> Tensor:
+    """Turn the refined probability into gripper positions (``... x T x G``).
 
     ``decision``: keep the anchor's position where the open/close decision is unchanged, and
     command the fully closed/open position where the refinement flips it (the paper's grippers
     take a binary command thresholded at 0.5). ``continuous``: invert the closing fraction.
+    ``max_step`` > 0 ramps the command at most that far per step, starting from the anchor's
+    first step; in ``decision`` mode a chunk without a flip stays exactly the anchor's.
     """
     if mode == "continuous":
-        return gripper_position(p)
-    flipped = (p > 0.5) != (p_anchor > 0.5)
-    extreme = gripper_position((p > 0.5).to(p.dtype))
-    return torch.where(flipped, extreme, q_anchor)
+        cmd = gripper_position(p)
+    else:
+        flipped = (p > 0.5) != (p_anchor > 0.5)
+        extreme = gripper_position((p > 0.5).to(p.dtype))
+        cmd = torch.where(flipped, extreme, q_anchor)
+    if max_step <= 0:
+        return cmd
+    limited = rate_limit(cmd, q_anchor[..., 0, :], max_step)
+    if mode == "continuous":
+        return limited
+    any_flip = flipped.any(dim=-2, keepdim=True)
+    return torch.where(any_flip, limited, q_anchor)
+
+
+def rate_limit(x: Tensor, start: Tensor, max_step: float) -> Tensor:
+    """``x`` (``... x T x G``) with each step at most ``max_step`` from the previous one; the
+    first step is measured from ``start`` (``... x G``)."""
+    prev = start
+    out = []
+    for t in range(x.shape[-2]):
+        prev = prev + (x[..., t, :] - prev).clamp(-max_step, max_step)
+        out.append(prev)
+    return torch.stack(out, dim=-2)
 
 
 # ---------------------------------------------------------------- the module
@@ -240,7 +267,7 @@ class RefineModel(nn.Module):
         p_a = torch.sigmoid(anchor_logits) if anchor_logits is not None else anchor_probability(q_a)
         p = refine_probability(p_a, delta, is_logit=False)
         if cfg.gripper_refinement and gi:
-            out[..., gi] = gripper_command(p, p_a, q_a, cfg.gripper_mode)
+            out[..., gi] = gripper_command(p, p_a, q_a, cfg.gripper_mode, cfg.gripper_max_step)
         return out, p
 
     def losses(self, context: Tensor, anchor: Tensor, target: Tensor) -> dict[str, Tensor]:

@@ -163,10 +163,11 @@ def train_online(model: RefineModel, anchor: AnchorPolicy, batches: Callable[[],
 
 @torch.no_grad()
 def evaluate(model: RefineModel, data: Cached) -> dict[str, float]:
-    """Held-out errors: arm MSE (rad^2) anchor-only vs refined; gripper decision accuracy."""
+    """Held-out errors: arm MSE (rad^2) anchor-only vs refined; gripper decision accuracy
+    (the refined decision ``p > 0.5``, before any ramp of the command)."""
     cfg = model.cfg
     model.eval()
-    out, _ = model.refine(data.context, data.anchor)
+    out, p = model.refine(data.context, data.anchor)
     ai, gi = cfg.arm_index, cfg.gripper_index
     res: dict[str, float] = {
         "arm_mse_anchor": float(((data.anchor[..., ai] - data.target[..., ai]) ** 2).mean()),
@@ -175,7 +176,8 @@ def evaluate(model: RefineModel, data: Cached) -> dict[str, float]:
     if gi:
         truth = closing_fraction(data.target[..., gi]) > 0.5
         res["grip_acc_anchor"] = float(((anchor_probability(data.anchor[..., gi]) > 0.5) == truth).float().mean())
-        res["grip_acc_refined"] = float(((closing_fraction(out[..., gi]) > 0.5) == truth).float().mean())
+        refined = p > 0.5 if cfg.gripper_refinement else anchor_probability(data.anchor[..., gi]) > 0.5
+        res["grip_acc_refined"] = float((refined == truth).float().mean())
     return res
 
 
