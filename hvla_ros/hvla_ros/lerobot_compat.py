@@ -441,6 +441,19 @@ def predict_chunk(
     for the time of the newest observation onwards, as DiffusionPolicy.select_action would
     execute them. Bypasses select_action's internal queues so the caller owns the history.
     """
+    return predict_chunk_with_context(bundle, history, noise)[0]
+
+
+@torch.no_grad()
+def predict_chunk_with_context(
+    bundle: PolicyBundle, history: Sequence[Mapping[str, Any]], noise: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`predict_chunk` plus the observation context it was sampled with.
+
+    The context is the UNet's global conditioning (what :func:`observation_context` computes),
+    ``n_obs_steps x C`` float32 on the CPU: one token per observation step. The steps are those
+    of ``DiffusionModel.generate_actions`` (lerobot 0.4), split so the conditioning is kept.
+    """
     from lerobot.utils.constants import OBS_IMAGES
 
     cfg = bundle.policy.config
@@ -451,9 +464,14 @@ def predict_chunk(
     batch = {k: torch.stack([p[k] for p in processed], dim=1) for k in keys}
     if cfg.image_features:
         batch[OBS_IMAGES] = torch.stack([batch[k] for k in cfg.image_features], dim=-4)
-    actions = bundle.policy.diffusion.generate_actions(batch, noise=noise)
+    diffusion = bundle.policy.diffusion
+    global_cond = diffusion._prepare_global_conditioning(batch)  # 1 x (n_obs_steps * C)
+    sampled = diffusion.conditional_sample(1, global_cond=global_cond, noise=noise)
+    start = cfg.n_obs_steps - 1  # the actions from the newest observation on
+    actions = sampled[:, start:start + cfg.n_action_steps]
     out = bundle.postprocessor(actions)
-    return out[0].to("cpu", torch.float32)
+    context = global_cond[0].reshape(cfg.n_obs_steps, -1).to("cpu", torch.float32)
+    return out[0].to("cpu", torch.float32), context
 
 
 def training_loss(bundle: PolicyBundle, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:

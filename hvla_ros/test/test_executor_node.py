@@ -226,6 +226,9 @@ def test_goal_runs_to_horizon_with_chunks_and_feedback(peer):
         assert list(c.joint_names) == list(JOINTS) and list(c.gripper_names) == ["gripper"]
         assert len(c.positions) == c.num_steps * len(JOINTS) and np.all(np.isfinite(c.positions))
         assert c.origin == ActionChunk.ORIGIN_ANCHOR and c.skill == "pick" and c.episode_id == "ep"
+        # the policy's observation context, one token per observation step, for the refiner
+        assert c.context_tokens >= 1 and len(c.context) % c.context_tokens == 0 and len(c.context) > c.context_tokens
+        assert np.all(np.isfinite(c.context))
         assert c.step_period.nanosec == pytest.approx(PERIOD * 1e9, abs=2)
     stamps = [c.header.stamp.sec + c.header.stamp.nanosec * 1e-9 for c in chunks]
     assert all(b > a for a, b in itertools.pairwise(stamps))

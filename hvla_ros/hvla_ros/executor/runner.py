@@ -63,6 +63,8 @@ class PlannedChunk:
     step_period: float
     joint_names: tuple[str, ...]
     positions: np.ndarray
+    #: the policy's observation context (n_obs_steps x C) the chunk was sampled with; None for holds
+    context: np.ndarray | None = None
 
     @property
     def num_steps(self) -> int:
@@ -250,8 +252,10 @@ class SkillRunner:
                 else joint_vector(newest, self.joint_names).astype(np.float64)
             )
             positions = np.repeat(base[None, :], n, axis=0)
+            context = None
         else:
-            positions = self._predict(history)[:n]
+            actions, context = self._predict(history)
+            positions = actions[:n]
         chunk = PlannedChunk(
             skill=self.skill.name,
             index=self.chunks_planned,
@@ -259,20 +263,23 @@ class SkillRunner:
             step_period=self.step_period,
             joint_names=self.joint_names,
             positions=np.ascontiguousarray(positions, dtype=np.float64),
+            context=context,
         )
         self.steps_planned += chunk.num_steps
         self.chunks_planned += 1
         self.last_chunk = chunk
         return chunk
 
-    def _predict(self, history: Sequence[Observation]) -> np.ndarray:
+    def _predict(self, history: Sequence[Observation]) -> tuple[np.ndarray, np.ndarray]:
+        """The policy's actions (float64) and the observation context they were sampled with."""
         from hvla_ros import lerobot_compat as lc
 
         k = self.n_obs_steps
         hist = list(history)[-k:]
         hist = [hist[0]] * (k - len(hist)) + hist
         inputs = [policy_inputs(self.skill, o, self._instruction_vec) for o in hist]
-        actions = lc.predict_chunk(self.skill.bundle, inputs).numpy()
+        actions_t, context = lc.predict_chunk_with_context(self.skill.bundle, inputs)
+        actions = actions_t.numpy()
         if not np.all(np.isfinite(actions)):
             raise FloatingPointError(f"skill {self.skill.name!r} produced non-finite actions")
-        return actions.astype(np.float64)
+        return actions.astype(np.float64), context.numpy()

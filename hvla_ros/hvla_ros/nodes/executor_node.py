@@ -97,6 +97,9 @@ def chunk_message(chunk: PlannedChunk, gripper_joints: Sequence[str], *, episode
     msg.episode_id = episode_id
     msg.subtask_id = int(subtask_id)
     msg.chunk_index = chunk.index
+    if chunk.context is not None:  # what the anchor conditioned on, for the refiner
+        msg.context_tokens = int(chunk.context.shape[0])
+        msg.context = np.asarray(chunk.context, dtype=np.float32).ravel().tolist()
     return msg
 
 

@@ -7,7 +7,12 @@ serves the e-stop service; publishes refined chunks (origin REFINED), one
 and :class:`~hvla_ros.refiner.runtime.ChunkRefiner`; this node only wires them to topics.
 
 Pass-through (``refine`` false, the default) runs the same path with the refinement skipped,
-so timing and safety are identical. Every JointTrajectory is stamped with the publish time and
+so timing and safety are identical. With ``refine`` true each chunk is refined with the anchor's
+observation context that executor_node sends in the chunk (``ActionChunk.context``): exactly
+what the policy conditioned on, at no encoder cost here. Chunks from other sources carry none;
+``recompute_context`` makes the node rebuild it from the filtered images instead.
+
+Every JointTrajectory is stamped with the publish time and
 each point's ``time_from_start`` is its step's execution time minus that stamp; steps already
 stale against ``latency_budget_s`` are dropped (see SafetyFilter).
 """
@@ -44,6 +49,9 @@ def _params() -> list[ParamSpec]:
         ParamSpec("refine", False, "apply the trained refiners (false = pass-through, same timing)"),
         ParamSpec("refiner_dir", "", "directory of <skill>/ refiner checkpoints (needed when refine)"),
         ParamSpec("skills_file", "", "skill library YAML for the anchors' encoders; empty = package default"),
+        ParamSpec("recompute_context", False,
+                  "refine chunks that carry no observation context (not from executor_node) by recomputing it "
+                  "from the filtered images (subscribes to every camera); false = they pass through unrefined"),
         ParamSpec("control_period_s", 1.0 / 30.0, "control period: holds are reached within it",
                   min=0.001, max=1.0),
         ParamSpec("latency_budget_s", 0.02, "steps due before now + budget are dropped", min=0.0, max=1.0),
@@ -112,7 +120,7 @@ class RefinerNode(LifecycleNode):
                                 callback_group=group),
             self.create_timer(cfg.control_period, self._on_tick, callback_group=group),
         ]
-        if self._refiner is not None:
+        if self._refiner is not None and p["recompute_context"]:
             self._handles += self._observation_subscriptions(group)
         self.get_logger().info(
             f"configured for {robot.name} ({', '.join(robot.controllers)}), "
@@ -128,8 +136,11 @@ class RefinerNode(LifecycleNode):
             raise ValueError("parameter 'refiner_dir' is empty but 'refine' is true")
         library = SkillLibrary.load(self.p["skills_file"] or None, robot=self.p["robot"])
         self._buffer = ObservationBuffer(maxlen=16)
+        skills = [name for name in library.names() if not library.get(name).spec.is_hold]
+        if not self.p["recompute_context"]:  # the context comes with each chunk
+            return load_chunk_refiner(self.p["refiner_dir"], dict.fromkeys(skills, _no_context))
         providers = {name: observation_context_provider(library.get(name), self._buffer, lambda: self._instruction)
-                     for name in library.names() if not library.get(name).spec.is_hold}
+                     for name in skills}
         return load_chunk_refiner(self.p["refiner_dir"], providers)
 
     def _observation_subscriptions(self, group: Any) -> list[Any]:
@@ -221,9 +232,17 @@ class RefinerNode(LifecycleNode):
 
     def _refine(self, msg: ActionChunk, chunk: Chunk) -> Chunk:
         """Refine the chunk and publish the refined ActionChunk (before the safety filter)."""
+        import torch
+
         logits = np.asarray(msg.gripper_logits, dtype=np.float32) if len(msg.gripper_logits) else None
+        context = None
+        if msg.context_tokens and len(msg.context) % msg.context_tokens == 0:
+            context = torch.as_tensor(np.asarray(msg.context, dtype=np.float32)).reshape(msg.context_tokens, -1)
         res = self._refiner.refine(msg.skill, chunk.joint_names, chunk.positions, list(msg.gripper_names),
-                                   float(chunk.stamps[0]), logits)
+                                   float(chunk.stamps[0]), logits, context=context)
+        if not res.refined:
+            self.get_logger().warning(f"chunk {msg.chunk_index} of {msg.skill!r} not refined: {res.reason}",
+                                      throttle_duration_sec=5.0)
         out = ActionChunk()
         out.header = msg.header
         out.step_period = msg.step_period
@@ -322,6 +341,11 @@ class RefinerNode(LifecycleNode):
         msg.error_code = int(c.error_code)
         msg.error_msg = c.error_msg
         self._send(self._status_pub, msg)
+
+
+def _no_context(start: float) -> None:
+    """Context provider when contexts come with the chunks: a chunk without one is not refined."""
+    return None
 
 
 def main(args: Sequence[str] | None = None) -> int:

@@ -54,8 +54,13 @@ class ChunkRefiner:
 
     @torch.inference_mode()
     def refine(self, skill: str, joint_names: Sequence[str], positions: np.ndarray, gripper_names: Sequence[str],
-               start: float, anchor_logits: np.ndarray | None = None) -> RefineResult:
-        """Refine one chunk; passes it through (with the reason) when it cannot."""
+               start: float, anchor_logits: np.ndarray | None = None,
+               context: torch.Tensor | None = None) -> RefineResult:
+        """Refine one chunk; passes it through (with the reason) when it cannot.
+
+        ``context`` is the anchor's observation context for the chunk (``N x C``, e.g. carried in
+        the ActionChunk by the executor); without it the skill's context provider is asked.
+        """
         grip_cols = [list(joint_names).index(g) for g in gripper_names if g in joint_names]
         p_anchor = anchor_probability(torch.as_tensor(positions[:, grip_cols])).numpy()
         model = self.models.get(skill)
@@ -67,9 +72,14 @@ class ChunkRefiner:
                               f"chunk joints {list(joint_names)} differ from the refiner's {list(cfg.joint_names)}")
         if positions.shape[0] > cfg.chunk_size:
             return self._pass(positions, p_anchor, f"chunk has {positions.shape[0]} steps > {cfg.chunk_size}")
-        context = self.providers[skill](start)
+        if context is None:
+            provider = self.providers.get(skill)
+            context = provider(start) if provider is not None else None
         if context is None:
             return self._pass(positions, p_anchor, "no observation context for the chunk")
+        if tuple(context.shape) != (cfg.context_tokens, cfg.context_dim):
+            return self._pass(positions, p_anchor, f"context of shape {tuple(context.shape)} does not match the "
+                                                   f"refiner's ({cfg.context_tokens}, {cfg.context_dim})")
         T = positions.shape[0]
         anchor = torch.as_tensor(positions, dtype=torch.float32)
         if cfg.chunk_size > T:  # a short last chunk: pad with its last step, crop after
