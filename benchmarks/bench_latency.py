@@ -32,7 +32,12 @@ import numpy as np
 from _common import percentiles, print_table, write_result
 
 
-def graph_latency(task: str, skill: str, instruction: str, seconds: float, image: tuple[int, int]) -> list[float]:
+def graph_latency(task: str, skill: str, instruction: str, seconds: float,
+                  image: tuple[int, int]) -> tuple[list[float], dict[str, dict[str, float]]]:
+    """Per-chunk latencies (ms) and their breakdown (sim time, as the probe receives them):
+    ``to_chunk`` observation stamp -> ActionChunk received (observation age at prediction +
+    inference + one hop), ``inference`` (the executor's own figure, from its feedback),
+    ``refiner`` ActionChunk received -> JointTrajectory received (refiner + two hops)."""
     import rclpy
     from builtin_interfaces.msg import Duration
     from rclpy.action import ActionClient
@@ -59,23 +64,36 @@ def graph_latency(task: str, skill: str, instruction: str, seconds: float, image
     graph = replace(graph, nodes=nodes)
     run_dir = Path(tempfile.mkdtemp(prefix="hvla_bench_latency_"))
     stamps: dict[str, list[tuple[float, float]]] = {"chunks": [], "trajectories": []}
+    inference_ms: list[float] = []
     lock = threading.Lock()
 
     def sec(t) -> float:
         return t.sec + t.nanosec * 1e-9
 
     rclpy.init()
-    node = rclpy.create_node("latency_probe", namespace=graph.namespace)
+    from rclpy.parameter import Parameter
+
+    # on the simulator's clock, like the nodes, so arrival times compare with the stamps
+    node = rclpy.create_node("latency_probe", namespace=graph.namespace,
+                             parameter_overrides=[Parameter("use_sim_time", value=True)])
+
+    def now() -> float:
+        return node.get_clock().now().nanoseconds * 1e-9
+
+    def on_feedback(fb) -> None:
+        text = fb.feedback.status_text
+        if text.startswith("chunk") and "inference " in text:
+            inference_ms.append(float(text.rsplit("inference ", 1)[1].split()[0]))
     with GraphRunner(graph, run_dir) as runner:
         LifecycleManager(node, graph.lifecycle_nodes, graph.namespace).startup(
             timeout=180.0, alive_check=runner.check_alive)
         node.create_subscription(ActionChunk, topics.ANCHOR_CHUNKS,
-                                 lambda m: _append(lock, stamps["chunks"], (time.monotonic(), sec(m.header.stamp))),
+                                 lambda m: _append(lock, stamps["chunks"], (now(), sec(m.header.stamp))),
                                  COMMAND_QOS)
         arm = get_robot(graph.robot).arms[0]
         node.create_subscription(JointTrajectory, arm.trajectory_topic,
                                  lambda m: _append(lock, stamps["trajectories"],
-                                                   (time.monotonic(), sec(m.header.stamp))), COMMAND_QOS)
+                                                   (now(), sec(m.header.stamp))), COMMAND_QOS)
         client = ActionClient(node, ExecuteSubtask, topics.EXECUTE_SUBTASK_ACTION)
         subtask_pub = node.create_publisher(Subtask, topics.CURRENT_SUBTASK, LATCHED_QOS)
         executor = MultiThreadedExecutor(num_threads=3)
@@ -89,7 +107,7 @@ def graph_latency(task: str, skill: str, instruction: str, seconds: float, image
                               horizon=Duration(sec=int(seconds)))
             subtask_pub.publish(subtask)  # what the planner does: perception starts filtering for it
             goal = ExecuteSubtask.Goal(subtask=subtask)
-            handle_future = client.send_goal_async(goal)
+            handle_future = client.send_goal_async(goal, feedback_callback=on_feedback)
             while not handle_future.done():
                 time.sleep(0.05)
             result_future = handle_future.result().get_result_async()
@@ -102,14 +120,19 @@ def graph_latency(task: str, skill: str, instruction: str, seconds: float, image
             spin.join(timeout=3)
             node.destroy_node()
             rclpy.try_shutdown()
-    # Pair each trajectory with the chunk received just before it.
-    latencies = []
-    chunks = sorted(stamps["chunks"])
-    for t_recv, t_traj in sorted(stamps["trajectories"]):
-        before = [c for c in chunks if c[0] <= t_recv]
-        if before:
-            latencies.append((t_traj - before[-1][1]) * 1e3)
-    return latencies
+    # Pair each chunk with the first trajectory received after it (holds and later ticks are
+    # not the chunk's trajectory).
+    latencies, to_chunk, refiner = [], [], []
+    trajs = sorted(t for t in stamps["trajectories"] if t[1] > 0)  # holds are stamped 0 (start on receipt)
+    for t_chunk, obs_stamp in sorted(stamps["chunks"]):
+        after = [t for t in trajs if t[0] >= t_chunk]
+        if after:
+            latencies.append((after[0][1] - obs_stamp) * 1e3)
+            to_chunk.append((t_chunk - obs_stamp) * 1e3)
+            refiner.append((after[0][0] - t_chunk) * 1e3)
+    breakdown = {"to_chunk": percentiles(to_chunk), "inference": percentiles(inference_ms),
+                 "refiner": percentiles(refiner)}
+    return latencies, breakdown
 
 
 def _append(lock: threading.Lock, out: list, item: tuple[float, float]) -> None:
@@ -155,7 +178,7 @@ def main() -> int:
         args.seconds = 6.0
     image = tuple(args.image_size)
     base, stages = one_process_latency(args.task, args.skill, args.instruction, args.seconds, image)  # type: ignore[arg-type]
-    graph = graph_latency(args.task, args.skill, args.instruction, args.seconds, image)  # type: ignore[arg-type]
+    graph, breakdown = graph_latency(args.task, args.skill, args.instruction, args.seconds, image)  # type: ignore[arg-type]
     g, b = percentiles(graph), percentiles(base)
     rows = [["graph (separate processes, DDS)", g["p50"], g["p99"], g.get("n", 0)],
             ["one process (same models)", b["p50"], b["p99"], b.get("n", 0)]]
@@ -164,7 +187,14 @@ def main() -> int:
                 f"{image[0]}x{image[1]}", ["path", "p50", "p99", "chunks"], rows)
     print(f"\nROS overhead ratio (p50 graph / p50 one process): {ratio:.2f}")
     print("one-process stage means (ms): " + ", ".join(f"{k} {v:.1f}" for k, v in stages.items()))
-    write_result("latency", {"graph_ms": g, "one_process_ms": b, "ratio_p50": ratio, "stages_ms": stages,
+    print_table("graph breakdown (ms, sim time)", ["stage", "p50", "p99"],
+                [["observation stamp -> ActionChunk received", breakdown["to_chunk"]["p50"],
+                  breakdown["to_chunk"]["p99"]],
+                 ["  of which executor inference", breakdown["inference"]["p50"], breakdown["inference"]["p99"]],
+                 ["ActionChunk received -> JointTrajectory received", breakdown["refiner"]["p50"],
+                  breakdown["refiner"]["p99"]]])
+    write_result("latency", {"graph_ms": g, "graph_breakdown_ms": breakdown, "one_process_ms": b,
+                             "ratio_p50": ratio, "stages_ms": stages,
                              "skill": args.skill, "image_size": list(image)})
     return 0
 
