@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from hvla_ros.refiner.shipped import shipped_refiner_dir
 from hvla_ros.robot import ROBOTS, get_robot
 
 
@@ -49,7 +50,8 @@ LAUNCH_ARGUMENTS: tuple[LaunchArgument, ...] = (
     LaunchArgument("skills_file", "", "skill library YAML; empty: the shipped skills"),
     LaunchArgument("refine", "false", "AnchorRefine refinement on (needs trained refiners: refiner_dir); "
                    "false: pass-through with the same timing and the same safety layer", ("true", "false")),
-    LaunchArgument("refiner_dir", "", "directory of <skill>/ refiner checkpoints (hvla train-refiner)"),
+    LaunchArgument("refiner_dir", "", "directory of <skill>/ refiner checkpoints (hvla train-refiner); "
+                   "empty: the refiners shipped for the default skills (refiners/full), if skills_file is empty"),
     LaunchArgument("namespace", "", "namespace pushed onto every node"),
     LaunchArgument("use_sim_time", "auto", "use /clock; auto: true with hardware:=sim",
                    ("auto", "true", "false")),
@@ -215,11 +217,13 @@ def build_graph(overrides: dict[str, str] | None = None) -> Graph:
         parameters=section("executor", skills_file=args["skills_file"], robot=robot.name,
                            **lifecycle_autostart),
         description="diffusion-policy skills emitting anchor action chunks"))
+    # The shipped refiners were trained against the shipped skills: the default only with those.
+    refiner_dir = args["refiner_dir"] or ("" if args["skills_file"] else str(shipped_refiner_dir()))
     nodes.append(NodeSpec(
         "refiner", "refiner_node", lifecycle=True,
         parameters=section("refiner", robot=robot.name, refine=_bool_arg(args, "refine"),
                            skills_file=args["skills_file"],
-                           **({"refiner_dir": args["refiner_dir"]} if args["refiner_dir"] else {}),
+                           **({"refiner_dir": refiner_dir} if refiner_dir else {}),
                            **lifecycle_autostart),
         description="AnchorRefine + last-line safety; streams JointTrajectory to the controllers"))
     nodes.append(NodeSpec(

@@ -110,3 +110,34 @@ def test_shipped_place_refiner_matches_the_shipped_skill_and_refines_its_chunk(p
     # A trained residual: not the identity, and a correction of the anchor, not a new trajectory.
     assert change.max() > 1e-4
     assert change.max() < 0.3, change.max()
+
+
+def test_a_context_of_another_policy_passes_the_chunk_through_unrefined():
+    import torch
+
+    from hvla_ros.refiner.runtime import ChunkRefiner, shipped_refiner_dir
+    from hvla_ros.refiner.train import load_refiner
+
+    model, _ = load_refiner(shipped_refiner_dir() / "place")
+    cfg = model.cfg
+    cr = ChunkRefiner()
+    wrong = torch.zeros(cfg.context_tokens, cfg.context_dim + 5)
+    cr.add("place", model, lambda start: wrong)
+    positions = np.repeat(np.array([[HOME_POSITION[j] for j in cfg.joint_names]]), cfg.chunk_size, axis=0)
+    res = cr.refine("place", cfg.joint_names, positions, [GRIPPER_JOINT], 0.0)
+    assert not res.refined and "context of shape" in res.reason and cr.passed_through == 1
+    assert np.array_equal(res.positions, positions)
+
+
+def test_the_graph_points_the_refiner_at_the_shipped_refiners_for_the_shipped_skills():
+    from hvla_ros.graph import build_graph
+    from hvla_ros.refiner.runtime import shipped_refiner_dir
+
+    params = {n.name: n.parameters for n in build_graph().nodes}["refiner"]
+    assert params["refiner_dir"] == str(shipped_refiner_dir()) and params["refine"] is False
+    assert (shipped_refiner_dir() / "place").is_dir()
+    # Another skill library: no default (the shipped refiners were trained for the shipped skills).
+    custom = {n.name: n.parameters for n in build_graph({"skills_file": "my_skills.yaml"}).nodes}["refiner"]
+    assert "refiner_dir" not in custom
+    given = {n.name: n.parameters for n in build_graph({"refiner_dir": "mine"}).nodes}["refiner"]
+    assert given["refiner_dir"] == "mine"

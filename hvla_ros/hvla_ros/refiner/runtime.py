@@ -23,8 +23,18 @@ import torch
 
 from hvla_ros.refiner.anchor import anchor_probability
 from hvla_ros.refiner.model import RefineModel
+from hvla_ros.refiner.shipped import SHIPPED_VARIANT, shipped_refiner_dir
 
 log = logging.getLogger(__name__)
+
+__all__ = [
+    "SHIPPED_VARIANT",
+    "ChunkRefiner",
+    "RefineResult",
+    "load_chunk_refiner",
+    "observation_context_provider",
+    "shipped_refiner_dir",
+]
 
 #: (chunk start stamp) -> context tokens N x C, or None
 ContextProvider = Callable[[float], "torch.Tensor | None"]
@@ -78,6 +88,9 @@ class ChunkRefiner:
         if context is None:
             return self._pass(positions, p_anchor, "no observation context for the chunk")
         if tuple(context.shape) != (cfg.context_tokens, cfg.context_dim):
+            return self._pass(positions, p_anchor, f"context of shape {tuple(context.shape)} is not the refiner's "
+                              f"({cfg.context_tokens}, {cfg.context_dim}): trained for another skill policy?")
+        if tuple(context.shape) != (cfg.context_tokens, cfg.context_dim):
             return self._pass(positions, p_anchor, f"context of shape {tuple(context.shape)} does not match the "
                                                    f"refiner's ({cfg.context_tokens}, {cfg.context_dim})")
         T = positions.shape[0]
@@ -96,17 +109,6 @@ class ChunkRefiner:
         self.passed_through += 1
         log.debug("chunk passed through unrefined: %s", reason)
         return RefineResult(positions, p_anchor, False, reason)
-
-
-#: The variant whose refiners ship with the package (``hvla_ros/refiners/<variant>/<skill>/``).
-SHIPPED_VARIANT = "full"
-
-
-def shipped_refiner_dir() -> Path:
-    """Directory of the refiners shipped for the default skills (``<skill>/`` checkpoints)."""
-    from importlib import resources
-
-    return Path(str(resources.files("hvla_ros"))) / "refiners" / SHIPPED_VARIANT
 
 
 def load_chunk_refiner(refiner_dir: Path | str, providers: dict[str, ContextProvider]) -> ChunkRefiner:
