@@ -70,3 +70,29 @@ def test_train_refiner_rejects_a_bad_policy_dir(skill_and_data, tmp_path):
     rc = hvla(["train-refiner", "--dataset", str(ds), "--skill", "pick", "--policy", str(tmp_path / "none"),
                "--out", str(tmp_path / "o"), "--no-progress"])
     assert rc == 2
+
+
+def test_no_detach_keeps_its_co_trained_anchor(skill_and_data):
+    import torch
+
+    from hvla_ros import lerobot_compat as lc
+    from hvla_ros.refiner import train as tr
+
+    torch.set_num_threads(1)
+    root, ds, pol = skill_and_data
+    out = root / "refiners_nd" / "pick"
+    rc = hvla(["train-refiner", "--dataset", str(ds), "--skill", "pick", "--policy", str(pol), "--out", str(out),
+               "--ablation", "no_detach", "--steps", "3", "--batch-size", "4", "--d-model", "32", "--layers", "1",
+               "--val-every", "3", "--threads", "1", "--no-progress"])
+    assert rc == 0
+    _, meta = tr.load_refiner(out)
+    assert meta["ablation"] == "no_detach" and meta["anchor_weights"] == tr.ANCHOR_WEIGHTS_FILE
+    # The refiner is only valid with the anchor it trained with: those weights differ from phase 1's.
+    policy = lc.load_policy_dir(pol).policy
+    before = {k: v.clone() for k, v in policy.state_dict().items()}
+    tr.load_anchor_weights(policy, out)
+    after = policy.state_dict()
+    assert before.keys() == after.keys()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    with pytest.raises(tr.RefinerLoadError, match="missing"):
+        tr.load_anchor_weights(policy, root)

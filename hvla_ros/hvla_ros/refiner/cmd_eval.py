@@ -278,9 +278,16 @@ def _print_task(task: str, rows: dict[str, Any]) -> None:
         d_full = f"{100 * (s - full):+.1f}" if full is not None and v not in ("anchor", "full") else ""
         paper = f"{PAPER_DELTA[v]:+.1f}" if v in PAPER_DELTA else ""
         print(f"  {v:<20}{n:>6}{k:>6}{100 * s:>8.1f}%{d_anchor:>11}{d_full:>9}{paper:>8}")
+    # Residual-target compactness of each refiner's training data (variants trained on the same
+    # anchor predictions share it: printed once, with the variants).
+    shared: dict[tuple[str, str], list[str]] = {}
     for v, r in rows.items():
         for skill, c in (r.get("compactness") or {}).items():
             if c:
-                print(f"  compactness {v}/{skill}: mean norm raw {c['raw_mean_norm']:.3f} -> residual "
-                      f"{c['residual_mean_norm']:.3f}; cov trace raw {c['raw_cov_trace']:.4f} -> residual "
-                      f"{c['residual_cov_trace']:.4f}")
+                line = (f"mean norm raw {c['raw_mean_norm']:.3f} -> residual {c['residual_mean_norm']:.3f} "
+                        f"(x{c['residual_mean_norm'] / c['raw_mean_norm']:.3f}); cov trace raw "
+                        f"{c['raw_cov_trace']:.4f} -> residual {c['residual_cov_trace']:.4f} "
+                        f"(x{c['residual_cov_trace'] / c['raw_cov_trace']:.3f})")
+                shared.setdefault((skill, line), []).append(v)
+    for (skill, line), vs in shared.items():
+        print(f"  compactness {skill} [{', '.join(vs)}]: {line}")

@@ -1,0 +1,48 @@
+"""hvla eval-refiner in the sim: anchor vs the shipped refiner, place after a scripted-expert pick."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from hvla_ros.cli import main as hvla
+
+
+@pytest.mark.slow
+def test_eval_refiner_runs_place_after_an_expert_pick_with_the_shipped_refiner(tmp_path, capsys, monkeypatch):
+    from hvla_ros.refiner.runtime import shipped_refiner_dir
+
+    monkeypatch.setenv("MUJOCO_GL", "egl")
+    out = tmp_path / "eval.json"
+    rc = hvla(["eval-refiner", "--task", "cube_in_box", "--seeds", "0", "--variants", "anchor,full",
+               "--expert-subtasks", "1", "--refiners", str(shipped_refiner_dir().parent), "--threads", "1",
+               "--out", str(out)])
+    assert rc == 0
+    table = capsys.readouterr().out
+    assert "anchor" in table and "+7.8" in table and "compactness place [full]" in table
+    rows = json.loads(out.read_text())["tasks"]["cube_in_box"]
+    assert set(rows) == {"anchor", "full"}
+    for v in ("anchor", "full"):
+        (ep,) = rows[v]["episodes"]
+        assert rows[v]["n"] == 1 and len(ep["subtasks"]) == 2
+        assert ep["subtasks"][0] is True  # the scripted expert's pick
+    # The refiner ran in the loop on every place chunk; the anchor variant refines nothing.
+    assert rows["full"]["episodes"][0]["refined_chunks"] > 0 and rows["anchor"]["episodes"][0]["refined_chunks"] == 0
+
+    # Variants run in separate processes combine into one table.
+    part = tmp_path / "anchor_only.json"
+    doc = json.loads(out.read_text())
+    doc["tasks"]["cube_in_box"].pop("full")
+    part.write_text(json.dumps(doc))
+    full_only = tmp_path / "full_only.json"
+    doc = json.loads(out.read_text())
+    doc["tasks"]["cube_in_box"].pop("anchor")
+    full_only.write_text(json.dumps(doc))
+    assert hvla(["eval-refiner", "--combine", str(full_only), str(part)]) == 0
+    lines = [ln.split()[0] for ln in capsys.readouterr().out.splitlines() if ln.strip().startswith(("anchor", "full"))]
+    assert lines == ["anchor", "full"]
+
+
+def test_eval_refiner_needs_refiners_for_refined_variants(capsys):
+    assert hvla(["eval-refiner", "--task", "cube_in_box", "--variants", "full"]) == 2
