@@ -90,9 +90,6 @@ class ChunkRefiner:
         if tuple(context.shape) != (cfg.context_tokens, cfg.context_dim):
             return self._pass(positions, p_anchor, f"context of shape {tuple(context.shape)} is not the refiner's "
                               f"({cfg.context_tokens}, {cfg.context_dim}): trained for another skill policy?")
-        if tuple(context.shape) != (cfg.context_tokens, cfg.context_dim):
-            return self._pass(positions, p_anchor, f"context of shape {tuple(context.shape)} does not match the "
-                                                   f"refiner's ({cfg.context_tokens}, {cfg.context_dim})")
         T = positions.shape[0]
         anchor = torch.as_tensor(positions, dtype=torch.float32)
         if cfg.chunk_size > T:  # a short last chunk: pad with its last step, crop after
