@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _dispatch(node: Any, args: argparse.Namespace) -> int:
-    from hvla_ros.operator import describe_plan
+    from hvla_ros.operator import describe_plan, describe_safety
 
     if args.command == "status":
         deadline = time.monotonic() + args.timeout
@@ -65,8 +65,14 @@ def _dispatch(node: Any, args: argparse.Namespace) -> int:
             time.sleep(0.05)
         if node.plan is None:
             print(f"no plan published on {topics.PLAN_STATE} within {args.timeout:.0f} s (is a planner running?)")
+        else:
+            print(describe_plan(node.plan))
+        while node.safety is None and time.monotonic() < deadline + 1.0:  # published every control period
+            time.sleep(0.05)
+        print(describe_safety(node.safety) if node.safety is not None
+              else f"safety: no status on {topics.SAFETY_STATUS} (is the refiner running?)")
+        if node.plan is None:
             return 1
-        print(describe_plan(node.plan))
         if args.memory:
             memory = _latest_memory(node, args.timeout)
             if memory is not None:

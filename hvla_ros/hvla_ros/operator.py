@@ -22,11 +22,11 @@ from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.node import Node
 
 from hvla_interfaces.action import ExecuteGoal
-from hvla_interfaces.msg import PlanState, SubtaskOutcome
+from hvla_interfaces.msg import PlanState, SafetyStatus, SubtaskOutcome
 from hvla_interfaces.srv import SetEStop, SetPaused
 from hvla_ros import topics
 from hvla_ros.rosutil.images import ImageConversionError, to_rgb
-from hvla_ros.rosutil.qos import IMAGE_QOS, LATCHED_QOS
+from hvla_ros.rosutil.qos import IMAGE_QOS, LATCHED_QOS, STATE_QOS
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,22 @@ def describe_plan(plan: PlanState) -> str:
         attempt = f" (attempt {plan.attempt})" if i == plan.current_index and plan.attempt else ""
         lines.append(f" {mark} {i + 1}. [{sub.skill}] {sub.instruction}{attempt}{status}")
     return "\n".join(lines)
+
+
+SAFETY_ERRORS = {v: k[len("ERROR_"):].lower() for k, v in vars(SafetyStatus).items()
+                 if k.startswith("ERROR_") and isinstance(v, int)}
+
+
+def describe_safety(status: SafetyStatus) -> str:
+    """One line on the last node before the arm: e-stop, hold, measurement, counters, last intervention."""
+    state = "E-STOP ENGAGED" if status.estop_engaged else ("holding" if status.holding else "following chunks")
+    measured = "every joint measured" if status.joint_state_known else "NO joint state yet (chunks are refused)"
+    line = (f"safety: {state}; {measured}; chunks accepted {status.chunks_accepted}, refused "
+            f"{status.chunks_rejected}; steps clamped {status.steps_clamped}, dropped as stale "
+            f"{status.steps_dropped_stale}")
+    if status.error_code:
+        line += f"; last intervention: {SAFETY_ERRORS.get(status.error_code, status.error_code)}: {status.error_msg}"
+    return line
 
 
 @dataclass
@@ -114,6 +130,12 @@ class OperatorClient(Node):
         self._plan_listeners: list[Callable[[PlanState], None]] = []
         self.create_subscription(PlanState, topics.PLAN_STATE, self._on_plan, LATCHED_QOS,
                                  callback_group=self._group)
+        self.safety: SafetyStatus | None = None  # published by the refiner every control period
+        self.create_subscription(SafetyStatus, topics.SAFETY_STATUS, self._on_safety, STATE_QOS,
+                                 callback_group=self._group)
+
+    def _on_safety(self, msg: SafetyStatus) -> None:
+        self.safety = msg
 
     def _on_plan(self, msg: PlanState) -> None:
         self.plan = msg

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from hvla_ros import topics
+from hvla_ros.operator import describe_safety
 from hvla_ros.robot import HOME_POSITION, JOINTS, SO101, SO101_BIMANUAL
 from hvla_ros.testing import procs
 
@@ -161,6 +162,8 @@ def test_chunks_nan_estop_and_watchdog_single_arm(rclpy_context):
         assert _seconds(hold.points[0].time_from_start) <= PERIOD + 1e-6
         st = peer.wait_for(lambda: [m for _, m in peer.status if m.error_code == m.ERROR_NAN])[-1]
         assert st.holding and st.chunks_rejected == 1 and "shoulder_lift" in st.error_msg
+        line = describe_safety(st)  # what `hvla status` prints
+        assert "holding; every joint measured" in line and "refused 1" in line and "last intervention: nan" in line
         # 3. e-stop by service -> hold; chunks refused while engaged; released by topic
         peer.clear()
         from std_msgs.msg import Bool
@@ -178,7 +181,7 @@ def test_chunks_nan_estop_and_watchdog_single_arm(rclpy_context):
         peer.send_chunk(pos, peer.now() + 0.5)
         st = peer.wait_for(lambda: [m for _, m in peer.status if m.error_code == m.ERROR_ESTOP
                                     and m.chunks_rejected == 2])[-1]
-        assert st.estop_engaged
+        assert st.estop_engaged and describe_safety(st).startswith("safety: E-STOP ENGAGED")
         peer.estop_pub.publish(Bool(data=False))
         peer.wait_for(lambda: [m for _, m in peer.status if not m.estop_engaged])
         # 4. watchdog: a long chunk, then silence -> hold after watchdog_timeout
