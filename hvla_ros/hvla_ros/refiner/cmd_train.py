@@ -109,6 +109,9 @@ def run(args: argparse.Namespace) -> int:
             return data.sample(rng.choice(train_idx, args.batch_size), int(cfg.n_obs_steps), int(cfg.horizon))
 
         history = tr.train_online(model, anchor, next_batch, tcfg)
+        # The held-out anchor predictions must come from the anchor the refiner trained with.
+        torch.manual_seed(args.seed)
+        val_set = tr.collect(anchor, batches(np.flatnonzero(val_mask)), progress=progress)
     metrics = tr.evaluate(model, val_set)
     compact = tr.compactness(train_set, rcfg.arm_index)
     meta = {"skill": args.skill, "policy_dir": str(args.policy), "dataset": str(args.dataset),
