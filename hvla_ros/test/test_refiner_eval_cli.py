@@ -46,3 +46,21 @@ def test_eval_refiner_runs_place_after_an_expert_pick_with_the_shipped_refiner(t
 
 def test_eval_refiner_needs_refiners_for_refined_variants(capsys):
     assert hvla(["eval-refiner", "--task", "cube_in_box", "--variants", "full"]) == 2
+
+
+def test_combine_pools_a_variants_seed_ranges(tmp_path, capsys):
+    def doc(variant: str, seeds: range, wins: set[int]) -> dict:
+        eps = [{"seed": s, "subtasks": [True, s in wins], "success": s in wins, "safety_holds": 0} for s in seeds]
+        k = sum(e["success"] for e in eps)
+        return {"tasks": {"cube_in_box": {variant: {"success": k / len(eps), "successes": k, "n": len(eps),
+                                                   "episodes": eps, "compactness": {}}}}}
+
+    files = []
+    for name, d in {"a0": doc("anchor", range(0, 4), {0, 1, 2}), "a1": doc("anchor", range(4, 8), {4}),
+                    "f0": doc("full", range(0, 8), set(range(8))), "dup": doc("anchor", range(0, 2), set())}.items():
+        files.append(tmp_path / f"{name}.json")
+        files[-1].write_text(json.dumps(d))
+    assert hvla(["eval-refiner", "--combine", *map(str, files)]) == 0
+    rows = {ln.split()[0]: ln.split() for ln in capsys.readouterr().out.splitlines() if ln.startswith("  ")}
+    assert rows["anchor"][1:4] == ["8", "4", "50.0%"]  # seeds 0-7 pooled; the repeated seeds 0-1 count once
+    assert rows["full"][1:5] == ["8", "8", "100.0%", "+50.0"]

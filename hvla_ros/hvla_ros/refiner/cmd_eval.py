@@ -249,7 +249,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _combine(files: list[Path]) -> int:
-    """One table per task from several ``--out`` files (variants run in separate processes)."""
+    """One table per task from several ``--out`` files (variants or seed ranges run in separate
+    processes; a variant's episodes over several files are pooled)."""
     tasks: dict[str, dict[str, Any]] = {}
     for f in files:
         try:
@@ -258,7 +259,16 @@ def _combine(files: list[Path]) -> int:
             log.error("cannot read results %s: %s", f, exc)
             return 2
         for task, rows in doc.get("tasks", {}).items():
-            tasks.setdefault(task, {}).update(rows)
+            into = tasks.setdefault(task, {})
+            for v, r in rows.items():
+                if v not in into:
+                    into[v] = dict(r)
+                    continue
+                # The same variant over other seeds: one row over all of them (a seed counts once).
+                seen = {e["seed"] for e in into[v]["episodes"]}
+                eps = into[v]["episodes"] + [e for e in r["episodes"] if e["seed"] not in seen]
+                k = int(sum(e["success"] for e in eps))
+                into[v] = {**into[v], "episodes": eps, "n": len(eps), "successes": k, "success": k / len(eps)}
     order = ["anchor", *PAPER_DELTA]
     for task, rows in tasks.items():
         _print_task(task, {v: rows[v] for v in sorted(rows, key=lambda v: order.index(v) if v in order else 99)})
