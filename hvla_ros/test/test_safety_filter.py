@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from hvla_ros.refiner.safety import Chunk, SafetyConfig, SafetyError, SafetyFilter
-from hvla_ros.robot import HOME_POSITION, JOINTS, POSITION_LIMITS, SO101, SO101_BIMANUAL, VELOCITY_LIMITS
+from hvla_ros.robot import GRIPPER_JOINT, HOME_POSITION, JOINTS, POSITION_LIMITS, SO101, SO101_BIMANUAL, VELOCITY_LIMITS
 
 HOME = np.array([HOME_POSITION[j] for j in JOINTS])
 CFG = SafetyConfig(control_period=1 / 30, latency_budget=0.02, max_chunk_age=0.5,
@@ -101,6 +101,45 @@ def test_step_change_rejected():
     assert "shoulder_lift" in f.counters.error_msg and "0.800" in f.counters.error_msg
 
 
+def test_gripper_jumps_are_rate_limited_not_refused():
+    """A gripper stopped by the object it closes on reads far from its target: not a fault."""
+    g = JOINTS.index(GRIPPER_JOINT)
+    blocked = HOME.copy()
+    blocked[g] = 0.45  # measured: fingers on the cube
+    f = make_filter(q=blocked)
+    target = blocked.copy()
+    target[g] = -0.1  # the policy keeps commanding "closed": 0.55 rad from the measured opening
+    cmd = f.filter_chunk(chunk_from(target, np.zeros((4, 6)), 2.05), now=2.0)
+    assert not cmd.hold, f.counters.error_msg
+    step = VELOCITY_LIMITS[GRIPPER_JOINT] * CFG.velocity_scale * (2.05 - 2.0)
+    assert cmd.positions[0, g] == pytest.approx(0.45 - step)  # rate-limited from where it is
+    assert np.all(np.diff(cmd.positions[:, g]) <= 0)
+    # an arm joint with the same jump is still refused
+    arm = blocked.copy()
+    arm[1] -= 0.55
+    assert f.filter_chunk(chunk_from(arm, np.zeros((4, 6)), 2.2), now=2.15).hold
+    assert f.counters.error_code == SafetyError.LIMIT and "shoulder_lift" in f.counters.error_msg
+
+
+def test_holds_keep_the_grip():
+    """Watchdog and refusals hold the arm where it is and the gripper closed on what it carries."""
+    g = JOINTS.index(GRIPPER_JOINT)
+    f = make_filter()
+    closing = HOME.copy()
+    closing[g] = -0.1
+    sent = f.filter_chunk(chunk_from(closing, np.zeros((30, 6)), 0.05), now=0.0)
+    measured = HOME.copy()
+    measured[g] = 0.45  # stopped by the cube
+    f.update_joint_state(JOINTS, measured)
+    hold = f.tick(CFG.watchdog_timeout + 0.05)
+    assert hold is not None and hold.hold
+    commanded = np.interp(CFG.watchdog_timeout + 0.05, sent.stamps, sent.positions[:, g])
+    assert hold.positions[0, g] == pytest.approx(commanded) and commanded < 0.45
+    # a later refusal keeps holding the same grip
+    again = f.filter_chunk(chunk_from(HOME, np.full((3, 6), np.nan), 1.0), now=1.0)
+    assert again.hold and again.positions[0, g] == pytest.approx(commanded)
+
+
 def test_first_step_far_from_arm_rejected():
     f = make_filter()
     far = HOME.copy()
@@ -179,12 +218,15 @@ def test_non_monotonic_stamps_rejected():
 
 def test_estop_holds_within_one_period_and_refuses_chunks():
     f = make_filter()
-    assert not f.filter_chunk(small_chunk(0.0), now=0.0).hold
+    sent = f.filter_chunk(small_chunk(0.0), now=0.0)
+    assert not sent.hold
     moved = HOME + 0.03
     f.update_joint_state(SO101.joint_names, moved)
     hold = f.set_estop(True, now=0.1, reason="test")
     assert hold is not None and hold.hold
-    np.testing.assert_allclose(hold.positions[0], moved)
+    np.testing.assert_allclose(hold.positions[0, :5], moved[:5])  # the arm where it is
+    g = JOINTS.index(GRIPPER_JOINT)  # the gripper keeps its commanded target (its grip)
+    assert hold.positions[0, g] == pytest.approx(np.interp(0.1, sent.stamps, sent.positions[:, g]))
     assert hold.stamps[0] - 0.1 <= CFG.control_period + 1e-12
     assert f.filter_chunk(small_chunk(0.2, q0=moved), now=0.2).hold
     assert f.counters.error_code == SafetyError.ESTOP

@@ -16,13 +16,18 @@ Rules, in the order they are applied to a chunk (``obs: T steps x D joints -> cm
 6. **stale steps**: steps due before ``now + latency_budget`` are dropped (counted); if all are
    stale the last one is scheduled on the next control tick (diffusion_policy's real-robot rule).
 7. **step change**: a jump larger than ``max_step_change`` between consecutive targets (the first
-   one measured from where the arm is being driven) -> ``LIMIT``, the chunk is refused.
+   one measured from where the arm is being driven) -> ``LIMIT``, the chunk is refused. Arm
+   joints only: a gripper closing on an object is stopped by it, so its measured position can lie
+   far from its target (that is how it grips), and open/close commands are jumps by nature; a
+   gripper's target is rate-limited by rule 9 instead.
 8. **position limits**: clamped into the joint range (counted per step).
 9. **velocity limits**: each step's change is limited to ``v_max * dt`` (counted per step).
 
 Whenever a chunk is refused the arm holds (position measured at that moment, reached within one
 control period) until a valid chunk arrives; so does the **watchdog** when no chunk has arrived
-for ``watchdog_timeout`` while a trajectory is still running.
+for ``watchdog_timeout`` while a trajectory is still running. A gripper holds its last commanded
+target rather than its measured position: one closed on an object keeps its grip (holding it at
+the measured opening would let go of what it carries).
 """
 
 from __future__ import annotations
@@ -155,6 +160,10 @@ class SafetyFilter:
         self._last_chunk_time: float | None = None  # receive time of the latest accepted chunk
         self._last_chunk_start: float | None = None  # first-step stamp of the latest accepted chunk
         self._active_full: Command | None = None  # latest trajectory sent (all robot joints)
+        self._gripper_cols = np.array([self._index[g] for g in robot.gripper_joints if g in self._index], dtype=int)
+        self._arm_mask = np.ones(len(self.joint_names), dtype=bool)  # joints under the step-change rule
+        self._arm_mask[self._gripper_cols] = False
+        self._gripper_target: np.ndarray | None = None  # gripper targets when the last hold began
 
     # ------------------------------------------------------------------ inputs
     def update_joint_state(self, names, positions) -> None:
@@ -303,8 +312,9 @@ class SafetyFilter:
         full[:, cols] = pos
         prev_t = now
         prev_q = reference
-        # Step change (refuse) on the chunk's own joints.
+        # Step change (refuse) on the chunk's own arm joints (grippers: rate limit only).
         jumps = np.abs(np.diff(np.vstack([prev_q[None, :], full]), axis=0))[:, cols]
+        jumps[:, ~self._arm_mask[cols]] = 0.0
         if (jumps > cfg.max_step_change).any():
             k, j = (int(v) for v in np.argwhere(jumps > cfg.max_step_change)[0])
             raise ChunkRejected(SafetyError.LIMIT,
@@ -354,12 +364,17 @@ class SafetyFilter:
         return out
 
     def _hold(self, now: float) -> Command:
-        """Hold where the arm is now (measured), reached within one control period."""
+        """Hold where the arm is now (measured; grippers: their commanded target), within one period."""
+        q = self.measured
+        if q is not None and self._active_full is not None and not self.holding:
+            # the grippers' targets at this moment, kept by this and every following hold
+            self._gripper_target = self._reference_at(np.array([now]), q)[0, self._gripper_cols]
         self.holding = True
         self._active_full = None
-        q = self.measured
         if q is None:  # nothing measured yet: no safe target to send; the caller sends nothing
             return Command(self.joint_names, np.zeros((0, len(self.joint_names))), np.zeros(0), hold=True)
+        if self._gripper_target is not None:  # keep the grip (see the module docstring)
+            q[self._gripper_cols] = self._gripper_target
         return Command(self.joint_names, q[None, :], np.array([now + self.config.control_period]), hold=True)
 
     def _note(self, code: SafetyError, msg: str) -> None:
