@@ -48,8 +48,9 @@ LAUNCH_ARGUMENTS: tuple[LaunchArgument, ...] = (
     LaunchArgument("segmenter", "classical", "perception segmenter backend", SEGMENTERS),
     LaunchArgument("segmenter_checkpoint", "", "checkpoint file for SAM-family segmenters"),
     LaunchArgument("skills_file", "", "skill library YAML; empty: the shipped skills"),
-    LaunchArgument("refine", "false", "AnchorRefine refinement on (needs trained refiners: refiner_dir); "
-                   "false: pass-through with the same timing and the same safety layer", ("true", "false")),
+    LaunchArgument("refine", "auto", "AnchorRefine refinement: true (needs trained refiners: refiner_dir), false "
+                   "(pass-through: same timing, same safety layer), auto (on when refiners are available: "
+                   "refiner_dir given, or the shipped skills with their shipped refiners)", ("auto", "true", "false")),
     LaunchArgument("refiner_dir", "", "directory of <skill>/ refiner checkpoints (hvla train-refiner); "
                    "empty: the refiners shipped for the default skills (refiners/full), if skills_file is empty"),
     LaunchArgument("namespace", "", "namespace pushed onto every node"),
@@ -219,9 +220,13 @@ def build_graph(overrides: dict[str, str] | None = None) -> Graph:
         description="diffusion-policy skills emitting anchor action chunks"))
     # The shipped refiners were trained against the shipped skills: the default only with those.
     refiner_dir = args["refiner_dir"] or ("" if args["skills_file"] else str(shipped_refiner_dir()))
+    if str(args["refine"]).strip().lower() == "auto":
+        refine = bool(refiner_dir) and Path(refiner_dir).is_dir()
+    else:
+        refine = _bool_arg(args, "refine")
     nodes.append(NodeSpec(
         "refiner", "refiner_node", lifecycle=True,
-        parameters=section("refiner", robot=robot.name, refine=_bool_arg(args, "refine"),
+        parameters=section("refiner", robot=robot.name, refine=refine,
                            skills_file=args["skills_file"],
                            **({"refiner_dir": refiner_dir} if refiner_dir else {}),
                            **lifecycle_autostart),

@@ -134,10 +134,16 @@ def test_the_graph_points_the_refiner_at_the_shipped_refiners_for_the_shipped_sk
     from hvla_ros.refiner.runtime import shipped_refiner_dir
 
     params = {n.name: n.parameters for n in build_graph().nodes}["refiner"]
-    assert params["refiner_dir"] == str(shipped_refiner_dir()) and params["refine"] is False
+    # refine:=auto (the default): on, since the shipped skills have shipped refiners
+    assert params["refiner_dir"] == str(shipped_refiner_dir()) and params["refine"] is True
     assert (shipped_refiner_dir() / "place").is_dir()
-    # Another skill library: no default (the shipped refiners were trained for the shipped skills).
+    off = {n.name: n.parameters for n in build_graph({"refine": "false"}).nodes}["refiner"]
+    assert off["refine"] is False
+    # Another skill library: no default (the shipped refiners were trained for the shipped skills),
+    # so auto leaves refinement off instead of failing for want of refiners.
     custom = {n.name: n.parameters for n in build_graph({"skills_file": "my_skills.yaml"}).nodes}["refiner"]
-    assert "refiner_dir" not in custom
+    assert "refiner_dir" not in custom and custom["refine"] is False
     given = {n.name: n.parameters for n in build_graph({"refiner_dir": "mine"}).nodes}["refiner"]
-    assert given["refiner_dir"] == "mine"
+    assert given["refiner_dir"] == "mine" and given["refine"] is False  # auto: no such directory
+    asked = {n.name: n.parameters for n in build_graph({"refiner_dir": "mine", "refine": "true"}).nodes}["refiner"]
+    assert asked["refine"] is True  # explicit: the node then fails configure naming the directory
