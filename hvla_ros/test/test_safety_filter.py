@@ -140,6 +140,24 @@ def test_holds_keep_the_grip():
     assert again.hold and again.positions[0, g] == pytest.approx(commanded)
 
 
+def test_latency_is_not_a_jump():
+    """A fast chunk planned from where the arm was, arriving after the planning latency: its first
+    fresh step lies far ahead of the arm, which the velocity limit catches up, not a refusal."""
+    f = make_filter()
+    deltas = np.zeros((8, 6))
+    deltas[:, 1] = 0.15  # shoulder_lift: 4.5 rad/s, one step of 0.15 rad every 33 ms
+    chunk = chunk_from(HOME, deltas, 1.0)  # planned from the observation at 1.0 s
+    cmd = f.filter_chunk(chunk, now=1.15)  # received 150 ms later: 5 steps already due
+    assert not cmd.hold, f.counters.error_msg
+    assert f.counters.steps_dropped_stale >= 4
+    first = cmd.positions[0, 1]
+    assert first - HOME[1] <= VELOCITY_LIMITS["shoulder_lift"] * (cmd.stamps[0] - 1.15) + 1e-9  # rate-limited
+    # the same plan with one step of 0.6 rad in it is still refused
+    deltas[3, 1] = 0.6
+    assert f.filter_chunk(chunk_from(HOME, deltas, 1.2), now=1.35).hold
+    assert f.counters.error_code == SafetyError.LIMIT and "step 3" in f.counters.error_msg
+
+
 def test_first_step_far_from_arm_rejected():
     f = make_filter()
     far = HOME.copy()

@@ -16,7 +16,9 @@ Rules, in the order they are applied to a chunk (``obs: T steps x D joints -> cm
 6. **stale steps**: steps due before ``now + latency_budget`` are dropped (counted); if all are
    stale the last one is scheduled on the next control tick (diffusion_policy's real-robot rule).
 7. **step change**: a jump larger than ``max_step_change`` between consecutive targets (the first
-   one measured from where the arm is being driven) -> ``LIMIT``, the chunk is refused. Arm
+   one measured from where the arm was being driven at the chunk's first stamp; checked on the
+   chunk as planned, before rule 6 drops stale steps, so the motion planned for the time the
+   chunk spent in inference and transit is not taken for a jump) -> ``LIMIT``, the chunk is refused. Arm
    joints only: a gripper closing on an object is stopped by it, so its measured position can lie
    far from its target (that is how it grips), and open/close commands are jumps by nature; a
    gripper's target is rate-limited by rule 9 instead.
@@ -296,6 +298,20 @@ class SafetyFilter:
         if reference is None:
             raise ChunkRejected(SafetyError.BAD_CHUNK,
                                 "no joint state received yet for every joint; cannot check the chunk")
+        # Step change (refuse) on the chunk as planned, arm joints only: its first step against
+        # where the arm was being driven when the chunk begins, then step to step. Checked before
+        # stale steps are dropped: how far the arm was meant to move during the planning latency
+        # is not a jump (the velocity limit below rate-limits the catch-up).
+        measured = self.measured
+        assert measured is not None  # a reference exists only with a full measurement
+        start_ref = self._reference_at(stamps[:1], measured)[0]
+        jumps = np.abs(np.diff(np.vstack([start_ref[cols][None, :], pos]), axis=0))
+        jumps[:, ~self._arm_mask[cols]] = 0.0
+        if (jumps > cfg.max_step_change).any():
+            k, j = (int(v) for v in np.argwhere(jumps > cfg.max_step_change)[0])
+            raise ChunkRejected(SafetyError.LIMIT,
+                                f"step {k} jumps {jumps[k, j]:.3f} rad on {chunk.joint_names[j]!r} "
+                                f"(> max_step_change {cfg.max_step_change} rad)")
         # Stale steps: keep those due at or after now + latency budget.
         due = now + cfg.latency_budget
         keep = stamps >= due
@@ -312,14 +328,6 @@ class SafetyFilter:
         full[:, cols] = pos
         prev_t = now
         prev_q = reference
-        # Step change (refuse) on the chunk's own arm joints (grippers: rate limit only).
-        jumps = np.abs(np.diff(np.vstack([prev_q[None, :], full]), axis=0))[:, cols]
-        jumps[:, ~self._arm_mask[cols]] = 0.0
-        if (jumps > cfg.max_step_change).any():
-            k, j = (int(v) for v in np.argwhere(jumps > cfg.max_step_change)[0])
-            raise ChunkRejected(SafetyError.LIMIT,
-                                f"step {k} jumps {jumps[k, j]:.3f} rad on {chunk.joint_names[j]!r} "
-                                f"(> max_step_change {cfg.max_step_change} rad)")
         lim = np.clip(full, self.lower, self.upper)
         clamped = np.any(lim != full, axis=1)
         for k in range(len(stamps)):
