@@ -124,11 +124,14 @@ class ArmCommander:
         return np.asarray(self.ik.forward(self.q_arm)[1][:, 2])
 
     def pick(self, body: str, half_height: float, *, half_width: float | None = None,
-             grasp_depth: float | None = None, lift: float = 0.08, yaw_offset: float = 0.0) -> Iterator[None]:
+             grasp_depth: float | None = None, lift: float = 0.08, yaw_offset: float = 0.0,
+             jaw_clearance: float | None = None) -> Iterator[None]:
         """Top-down grasp of a box-like body and lift it to ``lift`` (grasp point height).
 
-        The fixed jaw is placed just beside the body's face, so closing the moving jaw does not
-        shove the body sideways.
+        By default the fixed jaw is placed just beside the body's face (1.5 mm away), so closing
+        the moving jaw does not shove the body sideways. ``jaw_clearance`` (m) places it that far
+        from the face instead (the body centred more in the open jaws; closing slides it against
+        the fixed jaw): a wider margin for a learned policy imitating the motion.
         """
         w = self.world
         pos = w.body_pos(body)
@@ -140,7 +143,11 @@ class ArmCommander:
         yield from self.move(np.array([pos[0], pos[1], top + HOVER]), yaw)
         # re-read the pose right before descending (it may have been nudged)
         pos = w.body_pos(body)
-        shift = max(0.0, FIXED_JAW_FACE - half_w - 0.0015) * self.jaw_axis()
+        if jaw_clearance is None:
+            along = max(0.0, FIXED_JAW_FACE - half_w - 0.0015)
+        else:
+            along = FIXED_JAW_FACE - half_w - jaw_clearance
+        shift = along * self.jaw_axis()
         shift[2] = 0.0
         yield from self.move(np.array([pos[0], pos[1], top + 0.02]) + shift, yaw, speed=SLOW_SPEED)
         yield from self.move(np.array([pos[0], pos[1], top - depth]) + shift, yaw, speed=SLOW_SPEED)

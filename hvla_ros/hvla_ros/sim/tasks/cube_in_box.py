@@ -26,6 +26,12 @@ if TYPE_CHECKING:
 
 BOX_INNER = (0.045, 0.045)
 BOX_HEIGHT = 0.035
+#: Seconds the expert holds the lifted cube before the pick subtask ends.
+PICK_HOLD_S = 0.6
+#: Gap (m) between the fixed jaw and the cube's face before closing: the cube sits nearer the
+#: middle of the open jaws, so an imitating policy that is off by up to this much along the jaw
+#: axis does not land the fixed jaw on the cube's top.
+PICK_JAW_CLEARANCE = 0.012
 
 
 def box_geoms(name: str = "box") -> list[str]:
@@ -80,8 +86,14 @@ class CubeInBox(Task):
         cmd = Commander(world)
         arm = cmd.arm()
 
+        def pick():  # type: ignore[no-untyped-def]
+            yield from arm.pick("red_cube", CUBE_HALF, jaw_clearance=PICK_JAW_CLEARANCE)
+            # Keep the cube up for a moment: the pick skill runs for its whole horizon (longer
+            # than the motion), so its demonstrations show what to do once the cube is lifted.
+            yield from arm.hold(PICK_HOLD_S)
+
         def place():  # type: ignore[no-untyped-def]
             goal = world.body_pos("box") + up(CUBE_HALF + 0.004)
             yield from arm.place("red_cube", goal)
 
-        return Expert(cmd, self.subtasks(), [lambda: arm.pick("red_cube", CUBE_HALF), place])
+        return Expert(cmd, self.subtasks(), [pick, place])
