@@ -75,12 +75,19 @@ class ManagedGraph:
         from hvla_ros.operator import KeyFrameRecorder, OperatorClient
         from hvla_ros.runner import GraphRunner, LifecycleError, LifecycleManager, NodeDiedError
 
-        previous = signal.signal(signal.SIGINT, lambda *_: self._interrupted.set())
+        # Ctrl-C and SIGTERM (kill, systemd, a container stop) both end the goal and the graph cleanly.
+        previous = {sig: signal.signal(sig, lambda *_: self._interrupted.set())
+                    for sig in (signal.SIGINT, signal.SIGTERM)}
         runner = GraphRunner(self.graph, self.run_dir)
         from hvla_ros.rosutil.transport import use_large_data_profile
 
         use_large_data_profile()  # this process exchanges camera images too
-        rclpy.init(args=[])  # our own arguments are not ROS arguments
+        from rclpy.signals import SignalHandlerOptions
+
+        # our own arguments are not ROS arguments; the handlers above (not rclpy's, which would shut
+        # the context down under us) own the signals, so the goal is cancelled and the nodes
+        # brought down over a working context
+        rclpy.init(args=[], signal_handler_options=SignalHandlerOptions.NO)
         node = OperatorClient(namespace=self.graph.namespace or None)
         manager = LifecycleManager(node, self.graph.lifecycle_nodes, self.graph.namespace)
         executor: MultiThreadedExecutor | None = None
@@ -105,6 +112,7 @@ class ManagedGraph:
             executor.add_node(node)
             spin_thread = threading.Thread(target=executor.spin, daemon=True)
             spin_thread.start()
+            manager.spun_externally = True
             if goal:
                 code = self._run_goal(node, runner, frames, goal, timeout, recorder)
             if stay_up:
@@ -120,6 +128,10 @@ class ManagedGraph:
             print(f"[hvla] error: {exc} (logs in {self.run_dir / 'logs'})", flush=True)
             code = 3
         finally:
+            try:  # while the operator node still spins, so the nodes' replies are received
+                manager.shutdown(timeout=3.0)
+            except Exception as exc:
+                log.warning(f"lifecycle shutdown failed: {exc}")
             if executor is not None:
                 executor.shutdown(timeout_sec=2.0)
             if spin_thread is not None:
@@ -129,14 +141,11 @@ class ManagedGraph:
             if recorder is not None:
                 path = recorder.close()
                 print(f"[hvla] bag: {path} ({recorder.stats.messages} messages)", flush=True)
-            try:
-                manager.shutdown(timeout=3.0)
-            except Exception as exc:
-                log.warning(f"lifecycle shutdown failed: {exc}")
             node.destroy_node()
             rclpy.try_shutdown()
             runner.stop()
-            signal.signal(signal.SIGINT, previous)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
         return code
 
     def _run_goal(self, node: Any, runner: Any, frames: Any, goal: str, timeout: float, recorder: Any) -> int:
@@ -171,8 +180,8 @@ class ManagedGraph:
         result = self._wait(result_future, timeout, runner)
         if result is None:
             print("[hvla] stopping: cancelling the goal", flush=True)
-            self._wait(handle.cancel_goal_async(), 10.0, runner)
-            result = self._wait(result_future, 15.0, runner)
+            self._wait(handle.cancel_goal_async(), 10.0, runner, interruptible=False)
+            result = self._wait(result_future, 15.0, runner, interruptible=False)
         elapsed = time.monotonic() - started
         frames.snapshot("end")
         if result is None:
@@ -192,10 +201,10 @@ class ManagedGraph:
         print(f"[hvla] episode report: {report}", flush=True)
         return 0 if r.success else 1
 
-    def _wait(self, future: Any, timeout: float, runner: Any) -> Any:
+    def _wait(self, future: Any, timeout: float, runner: Any, *, interruptible: bool = True) -> Any:
         deadline = time.monotonic() + timeout
         while not future.done():
-            if self._interrupted.is_set() or time.monotonic() > deadline:
+            if (interruptible and self._interrupted.is_set()) or time.monotonic() > deadline:
                 return None
             runner.check_alive()
             time.sleep(0.05)

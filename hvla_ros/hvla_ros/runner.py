@@ -187,12 +187,19 @@ class LifecycleManager:
         prefix = f"/{namespace}/" if namespace else "/"
         self._change = {n: node.create_client(ChangeState, f"{prefix}{n}/change_state") for n in self._names}
         self._get = {n: node.create_client(GetState, f"{prefix}{n}/get_state") for n in self._names}
+        #: set while an executor of the caller spins the node: then replies are awaited, not spun for
+        self.spun_externally = False
 
     def _call(self, client: Any, request: Any, timeout: float, what: str) -> Any:
         import rclpy
 
         future = client.call_async(request)
-        rclpy.spin_until_future_complete(self._node, future, timeout_sec=timeout)
+        if self.spun_externally:
+            deadline = time.monotonic() + timeout
+            while not future.done() and time.monotonic() < deadline:
+                time.sleep(0.01)
+        else:
+            rclpy.spin_until_future_complete(self._node, future, timeout_sec=timeout)
         if not future.done():
             raise LifecycleError(f"{what}: no response within {timeout:.0f} s")
         return future.result()
