@@ -71,8 +71,9 @@ def test_estop_holds_the_simulated_arm(rclpy_context):
         wait(latest)
         wait(known.is_set)  # before that the refiner refuses every chunk
         t_sim, q0, _ = latest()
-        # 2 s chunk: shoulder_pan +0.6 rad, stamped in sim time
-        T, period = 60, 1 / 30
+        # 6 s chunk: shoulder_pan +0.6 rad, stamped in sim time (slow enough that a late e-stop
+        # reply on a loaded machine still finds the arm far from the chunk's goal)
+        T, period = 180, 1 / 30
         pos = np.repeat(q0[None], T, axis=0)
         pos[:, 0] += np.linspace(0.01, 0.6, T)
         msg = ActionChunk()
