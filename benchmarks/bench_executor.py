@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import subprocess
 import sys
 import tempfile
 import threading
@@ -93,13 +92,13 @@ def bench_node(skills_file: Path, skill: str, n: int, threads: int = 2) -> dict[
     from hvla_ros.robot import HOME_POSITION, JOINTS
     from hvla_ros.rosutil.images import to_image_msg
     from hvla_ros.rosutil.qos import COMMAND_QOS, IMAGE_QOS, STATE_QOS
+    from hvla_ros.testing import procs
 
     cams = list(SkillLibrary.load(skills_file, load_policies=False).get(skill).spec.cameras)
     env = {**os.environ, "ROS_DOMAIN_ID": str(60 + os.getpid() % 30), "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST"}
     os.environ.update({k: env[k] for k in ("ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE")})
-    proc = subprocess.Popen([sys.executable, "-m", "hvla_ros.nodes.executor_node", "--ros-args",
-                             "-p", f"skills_file:={skills_file}", "-p", f"torch_threads:={threads}"],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = procs.spawn([sys.executable, "-m", "hvla_ros.nodes.executor_node", "--ros-args",
+                        "-p", f"skills_file:={skills_file}", "-p", f"torch_threads:={threads}"], env)
     rclpy.init()
     node = Node("bench_executor")
     arrivals: list[float] = []
@@ -159,11 +158,7 @@ def bench_node(skills_file: Path, skill: str, n: int, threads: int = 2) -> dict[
         th.join(timeout=5.0)
         node.destroy_node()
         rclpy.try_shutdown()
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        procs.stop(proc)
     gaps = np.diff(arrivals[3:]) * 1e3 if len(arrivals) > 4 else []
     return {"node_inference_ms": percentiles(node_inf[3:]), "end_to_end_ms": percentiles(e2e[3:]),
             "chunk_interval_ms": percentiles(gaps)}

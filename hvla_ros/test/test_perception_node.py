@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import os
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -157,7 +156,7 @@ def test_node_mask_follows_moving_object(rclpy_context, pipelined):
 
     cmd = [sys.executable, "-m", "hvla_ros.nodes.perception_node", "--ros-args", "-p", "cameras:=[front]",
            "-p", f"pipelined:={str(pipelined).lower()}", "-p", "pipeline_dilate_px:=3", "-p", "fill:=zero"]
-    proc = subprocess.Popen(cmd, env=dict(os.environ), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = procs.spawn(cmd, env=dict(os.environ))
     node = Node("perception_motion_test", context=rclpy_context)
     ex = SingleThreadedExecutor(context=rclpy_context)
     ex.add_node(node)
@@ -213,9 +212,4 @@ def test_node_mask_follows_moving_object(rclpy_context, pipelined):
     finally:
         ex.shutdown()
         node.destroy_node()
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
+        print(procs.stop(proc)[-4000:])  # shown by pytest when the test fails

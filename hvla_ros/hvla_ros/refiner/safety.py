@@ -294,16 +294,15 @@ class SafetyFilter:
             raise ChunkRejected(SafetyError.STALE_CHUNK,
                                 f"chunk starts {stamps[0] - now:.3f} s in the future "
                                 f"(> max_future {cfg.max_future} s); clocks disagree?")
-        reference = self._reference(now)
-        if reference is None:
+        measured = self.measured
+        if measured is None:
             raise ChunkRejected(SafetyError.BAD_CHUNK,
                                 "no joint state received yet for every joint; cannot check the chunk")
+        reference = self._reference_at(np.array([now]), measured)[0]  # where the arm is driven now
         # Step change (refuse) on the chunk as planned, arm joints only: its first step against
         # where the arm was being driven when the chunk begins, then step to step. Checked before
         # stale steps are dropped: how far the arm was meant to move during the planning latency
         # is not a jump (the velocity limit below rate-limits the catch-up).
-        measured = self.measured
-        assert measured is not None  # a reference exists only with a full measurement
         start_ref = self._reference_at(stamps[:1], measured)[0]
         jumps = np.abs(np.diff(np.vstack([start_ref[cols][None, :], pos]), axis=0))
         jumps[:, ~self._arm_mask[cols]] = 0.0
@@ -347,13 +346,6 @@ class SafetyFilter:
         return Command(tuple(self.joint_names[c] for c in arm_cols), lim[:, arm_cols], stamps)
 
     # ------------------------------------------------------------------ helpers
-    def _reference(self, t: float) -> np.ndarray | None:
-        """Where the arm is being driven at time ``t``: the active trajectory, else measured."""
-        measured = self.measured
-        if measured is None:
-            return None
-        return self._reference_at(np.array([t]), measured)[0]
-
     def _reference_at(self, ts: np.ndarray, measured: np.ndarray) -> np.ndarray:
         """The active trajectory at times ``ts`` (K x D); measured where none is running.
 
