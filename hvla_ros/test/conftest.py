@@ -7,6 +7,9 @@ never see each other's traffic. Subprocesses started by tests inherit the enviro
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 # A domain per run: Fast DDS derives its ports from the id, so two runs with different ids
 # never exchange discovery traffic. 1..100 keeps the port range valid on Linux.
@@ -33,3 +36,17 @@ def rclpy_context():
         yield ctx
     finally:
         rclpy.try_shutdown(context=ctx)
+
+
+@pytest.fixture(autouse=True)
+def _clean_dead_fastdds_shared_memory(request):
+    """Before each DDS test: remove shared-memory segments that killed processes left behind.
+
+    A node that had to be SIGKILLed leaves its Fast DDS segment in /dev/shm; later participants
+    then stall for a second or more on it, and a reliable queue drops samples meanwhile.
+    ``fastdds shm clean`` removes only segments no live process holds.
+    """
+    tool = Path(sys.executable).with_name("fastdds")
+    if request.node.get_closest_marker("ros") is not None and tool.exists():
+        subprocess.run([str(tool), "shm", "clean"], capture_output=True, timeout=30, check=False)
+    yield
