@@ -84,7 +84,7 @@ def test_non_finite_targets_rejected_and_hold(bad):
     c = small_chunk(1.0)
     c.positions[3, 2] = bad
     cmd = f.filter_chunk(c, now=1.0)
-    assert cmd.hold and f.holding
+    assert cmd.hold and cmd.on_receipt and f.holding
     assert f.counters.error_code == SafetyError.NAN
     assert "elbow_flex" in f.counters.error_msg and "step 3" in f.counters.error_msg
     np.testing.assert_allclose(cmd.positions[0], HOME)  # holds where the arm is
@@ -187,6 +187,7 @@ def test_stale_steps_dropped_and_all_stale_schedules_last_on_next_tick():
     assert len(cmd.stamps) == 4 and np.all(cmd.stamps >= now + CFG.latency_budget)
     assert f.counters.steps_dropped_stale == 4
     np.testing.assert_allclose(cmd.positions, c.positions[4:])
+    assert not cmd.on_receipt  # stamped with the sender's clock
     # All stale (but not too old): the last target goes out on the next tick.
     f2 = make_filter()
     c2 = small_chunk(0.0, T=4, step=0.002)
@@ -194,6 +195,9 @@ def test_stale_steps_dropped_and_all_stale_schedules_last_on_next_tick():
     cmd2 = f2.filter_chunk(c2, now=now2)
     assert not cmd2.hold and len(cmd2.stamps) == 1
     assert cmd2.stamps[0] == pytest.approx(now2 + CFG.control_period)
+    # one period after the controller receives it: a controller clock running ahead of ours
+    # would otherwise refuse it as ending in the past
+    assert cmd2.on_receipt
     np.testing.assert_allclose(cmd2.positions[0], c2.positions[-1])
     assert f2.counters.steps_dropped_stale == 3
 

@@ -301,7 +301,7 @@ class RefinerNode(LifecycleNode):
                 raise
 
     def _publish(self, cmd: Command, now: float) -> None:
-        """One JointTrajectory per arm the command covers (header stamp = now; zero for a hold)."""
+        """One JointTrajectory per arm the command covers (header stamp = now; zero: on receipt)."""
         if cmd.positions.shape[0] == 0:
             return  # nothing measured yet: nothing safe to send
         names = list(cmd.joint_names)
@@ -310,10 +310,11 @@ class RefinerNode(LifecycleNode):
             if len(cols) != len(arm.joint_names):
                 continue
             traj = JointTrajectory()
-            # A hold starts on receipt (stamp zero = "now" on the controller's clock): stamped with
-            # our clock, a controller whose clock runs ahead by more than one control period would
-            # refuse it as ending in the past and keep following the old trajectory.
-            traj.header.stamp = to_time(0.0 if cmd.hold else now)
+            # A hold (or an all-stale chunk's last target) starts on receipt (stamp zero = "now"
+            # on the controller's clock): stamped with our clock, a controller whose clock runs
+            # ahead by more than one control period would refuse it as ending in the past and keep
+            # following the old trajectory.
+            traj.header.stamp = to_time(0.0 if cmd.on_receipt else now)
             traj.joint_names = list(arm.joint_names)
             for k in range(cmd.positions.shape[0]):
                 pt = JointTrajectoryPoint()

@@ -125,6 +125,10 @@ class Command:
     positions: np.ndarray
     stamps: np.ndarray
     hold: bool = False  # True: a hold at the measured position (e-stop, watchdog, refusal)
+    #: True: ``stamps`` count from when the controller receives the command (a hold, or a chunk
+    #: that was all stale: its last target on the next tick), not from the sender's clock, which
+    #: may run behind the controller's by more than the one period these commands span
+    on_receipt: bool = False
 
 
 @dataclass
@@ -315,9 +319,10 @@ class SafetyFilter:
         due = now + cfg.latency_budget
         keep = stamps >= due
         dropped = int((~keep).sum())
+        on_receipt = not keep.any()
         if keep.any():
             stamps, pos = stamps[keep], pos[keep]
-        else:  # all stale: the last target, on the next control tick
+        else:  # all stale: the last target, one control tick after the controller receives it
             stamps = np.array([now + cfg.control_period])
             pos = pos[-1:]
             dropped = max(dropped - 1, 0)
@@ -343,7 +348,8 @@ class SafetyFilter:
         self._active_full = Command(self.joint_names, lim, stamps)
         # Send only the arms the chunk commands; the others keep their running trajectory.
         arm_cols = np.array(sorted({int(c) for c in cols}))
-        return Command(tuple(self.joint_names[c] for c in arm_cols), lim[:, arm_cols], stamps)
+        return Command(tuple(self.joint_names[c] for c in arm_cols), lim[:, arm_cols], stamps,
+                       on_receipt=on_receipt)
 
     # ------------------------------------------------------------------ helpers
     def _reference_at(self, ts: np.ndarray, measured: np.ndarray) -> np.ndarray:
@@ -372,10 +378,12 @@ class SafetyFilter:
         self.holding = True
         self._active_full = None
         if q is None:  # nothing measured yet: no safe target to send; the caller sends nothing
-            return Command(self.joint_names, np.zeros((0, len(self.joint_names))), np.zeros(0), hold=True)
+            return Command(self.joint_names, np.zeros((0, len(self.joint_names))), np.zeros(0), hold=True,
+                           on_receipt=True)
         if self._gripper_target is not None:  # keep the grip (see the module docstring)
             q[self._gripper_cols] = self._gripper_target
-        return Command(self.joint_names, q[None, :], np.array([now + self.config.control_period]), hold=True)
+        return Command(self.joint_names, q[None, :], np.array([now + self.config.control_period]), hold=True,
+                       on_receipt=True)
 
     def _note(self, code: SafetyError, msg: str) -> None:
         self.counters.error_code = code

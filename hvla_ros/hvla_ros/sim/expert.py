@@ -24,6 +24,12 @@ if TYPE_CHECKING:
 #: Cartesian speed of free moves (m/s) and of careful moves near objects.
 FAST_SPEED = 0.25
 SLOW_SPEED = 0.10
+#: Fraction of the robot's joint velocity limits the expert's targets may use. The safety filter
+#: in front of the arm clamps anything faster, so demonstrations above it teach a policy motions
+#: the arm will never be allowed to make.
+SPEED_MARGIN = 0.8
+#: Peak speed of a minimum-jerk profile over its mean speed (15/8).
+MIN_JERK_PEAK = 1.875
 #: Gripper joint target while squeezing an object (below the closed limit: the object stops it).
 GRIP_SQUEEZE = GRIPPER_CLOSED
 HOVER = 0.07  # grasp point above an object's top before descending
@@ -63,6 +69,8 @@ class ArmCommander:
         self.point = point
         self.yaw = float(np.arctan2(rot[1, 2], rot[0, 2]))
         self.tilt = 0.0
+        #: per-joint speed allowed to the targets (rad/s), arm joints then gripper
+        self.vmax = SPEED_MARGIN * np.array([world.robot.velocity_limit(n) for n in arm.joint_names])
 
     @property
     def dt(self) -> float:
@@ -86,20 +94,48 @@ class ArmCommander:
         dist = float(np.linalg.norm(target - start))
         duration = max(min_time, dist / speed, abs(dyaw) / 2.0)
         n = max(1, round(duration / self.dt))
-        for k in range(1, n + 1):
-            s = min_jerk(k / n)
-            p = start + s * (target - start)
-            q, _ = self.ik.solve(p, yaw0 + s * dyaw, self.q_arm, tilt=tilt0 + s * (tilt1 - tilt0))
+        # The IK solution at the line's start can lie on another branch than the current joints
+        # (e.g. from the home pose): get there in joint space first, within the speed limits.
+        q_start, _ = self.ik.solve(start, yaw0, self.q_arm, tilt=tilt0)
+        if np.any(np.abs(q_start - self.q_arm) > self.vmax[:5] * self.dt):
+            yield from self.go_joints(q_start, duration=0.0)
+            self.point, self.yaw = start.copy(), yaw0
+        path = self._line(start, target, yaw0, dyaw, tilt0, tilt1, n)
+        for _ in range(8):  # slow down until no joint step exceeds its speed limit
+            steps = np.abs(np.diff(np.vstack([self.q_arm[None, :], path]), axis=0))
+            ratio = float((steps / (self.vmax[:5] * self.dt)).max())
+            if ratio <= 1.0:
+                break
+            n = int(np.ceil(n * ratio * 1.05))
+            path = self._line(start, target, yaw0, dyaw, tilt0, tilt1, n)
+        for q in path:
             self.q_arm = q
             yield
         self.point = target.copy()
         self.yaw = yaw0 + dyaw
         self.tilt = tilt1
 
+    def _line(self, start: np.ndarray, target: np.ndarray, yaw0: float, dyaw: float, tilt0: float,
+              tilt1: float, n: int) -> np.ndarray:
+        """Joint targets (``n x 5``) along the minimum-jerk line, each IK seeded by the previous."""
+        q = self.q_arm
+        path = np.empty((n, q.size))
+        for k in range(1, n + 1):
+            s = min_jerk(k / n)
+            p = start + s * (target - start)
+            q, _ = self.ik.solve(p, yaw0 + s * dyaw, q, tilt=tilt0 + s * (tilt1 - tilt0))
+            path[k - 1] = q
+        return path
+
+    def _steps(self, duration: float, delta: np.ndarray, vmax: np.ndarray) -> int:
+        """Control steps of a minimum-jerk ramp by ``delta``: ``duration`` or more, within ``vmax``."""
+        shortest = MIN_JERK_PEAK * float(np.max(np.abs(delta) / vmax)) if delta.size else 0.0
+        return max(1, round(duration / self.dt), int(np.ceil(shortest / self.dt)))
+
     def set_gripper(self, value: float, duration: float = 0.4) -> Iterator[None]:
-        """Ramp the gripper target to ``value`` (rad) over ``duration``."""
+        """Ramp the gripper target to ``value`` (rad) over ``duration`` (longer if too fast)."""
         g0 = self.gripper
-        n = max(1, round(duration / self.dt))
+        n = self._steps(duration, np.array([value - g0]), self.vmax[5:])
         for k in range(1, n + 1):
             self.gripper = g0 + min_jerk(k / n) * (value - g0)
             yield
@@ -109,9 +145,9 @@ class ArmCommander:
             yield
 
     def go_joints(self, q_arm: np.ndarray, duration: float = 1.0) -> Iterator[None]:
-        """Joint-space move (e.g. back home)."""
+        """Joint-space move (e.g. back home) over ``duration`` (longer if too fast)."""
         q0 = self.q_arm.copy()
-        n = max(1, round(duration / self.dt))
+        n = self._steps(duration, np.asarray(q_arm) - q0, self.vmax[:5])
         for k in range(1, n + 1):
             self.q_arm = q0 + min_jerk(k / n) * (np.asarray(q_arm) - q0)
             yield
