@@ -1,4 +1,5 @@
-"""Scripted experts: each task's expert succeeds from a seeded reset; doing nothing does not."""
+"""Scripted experts: each task's expert succeeds from a seeded reset within the robot's velocity
+limits; doing nothing does not."""
 
 from __future__ import annotations
 
@@ -17,10 +18,18 @@ def test_expert_succeeds_and_reports_its_subtask(task):
     expert = w.task.expert(w)
     n = len(expert.subtasks)
     seen = []
+    # the safety filter clamps targets faster than the robot's velocity limits: demonstrations
+    # must stay below them, or policies learn motions the arm is never allowed to make
+    max_step = np.array([w.robot.velocity_limit(j) for j in w.joint_names]) * w.control_period
+    prev = w.joint_targets().copy()
     while not expert.done and w.time < w.task.time_limit:
         q = expert.act(w)
         assert q.shape == (len(w.joint_names),) and np.all(np.isfinite(q))
         assert np.all(q >= w.lower_limits - 1e-9) and np.all(q <= w.upper_limits + 1e-9)
+        too_fast = np.abs(q - prev) > max_step
+        assert not too_fast.any(), (f"t={w.time:.2f} s: {np.array(w.joint_names)[too_fast]} move "
+                                    f"{np.abs(q - prev)[too_fast]} rad in one step (> {max_step[too_fast]})")
+        prev = q.copy()
         if not seen or seen[-1] != expert.current:
             seen.append(expert.current)
         w.set_joint_targets(q)
