@@ -195,6 +195,10 @@ class ManagedGraph:
         extra = {"robot": self.graph.robot, "hardware": self.graph.hardware,
                  "task": self.graph.extra.get("task", ""), "seed": self.graph.extra.get("seed", ""),
                  "wall time": f"{elapsed:.1f} s", "episode log": str(log_path or "–")}
+        if node.sim_success is not None:  # the simulator's own judgement, beside the planner's
+            truth = "task done" if node.sim_success else "task not done"
+            print(f"[hvla] simulator ground truth: {truth}", flush=True)
+            extra["simulator ground truth"] = truth
         if recorder is not None:
             extra["bag"] = str(recorder.path)
         report = write_report(self.run_dir / "report", log_path, frames.frames, extra)

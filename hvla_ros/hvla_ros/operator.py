@@ -20,6 +20,7 @@ import numpy as np
 from rclpy.action import ActionClient
 from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.node import Node
+from std_msgs.msg import Bool
 
 from hvla_interfaces.action import ExecuteGoal
 from hvla_interfaces.msg import PlanState, SafetyStatus, SubtaskOutcome
@@ -133,6 +134,13 @@ class OperatorClient(Node):
         self.safety: SafetyStatus | None = None  # published by the refiner every control period
         self.create_subscription(SafetyStatus, topics.SAFETY_STATUS, self._on_safety, STATE_QOS,
                                  callback_group=self._group)
+        #: the simulator's ground-truth task success (latched; None without a simulator)
+        self.sim_success: bool | None = None
+        self.create_subscription(Bool, topics.SIM_SUCCESS, self._on_sim_success, LATCHED_QOS,
+                                 callback_group=self._group)
+
+    def _on_sim_success(self, msg: Bool) -> None:
+        self.sim_success = bool(msg.data)
 
     def _on_safety(self, msg: SafetyStatus) -> None:
         self.safety = msg
