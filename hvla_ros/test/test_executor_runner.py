@@ -146,3 +146,22 @@ def test_instruction_encoding_is_stable_and_separates_colours():
     assert np.allclose(red, encode_instruction("pick up red cube"))  # function words ignored
     assert tokens("Place the cube, then press") == ["place", "cube", "press"]
     assert not np.any(encode_instruction(""))
+
+
+def test_joint_history_reads_the_arm_at_a_frame_stamp():
+    from hvla_ros.executor.runner import JointHistory
+
+    h = JointHistory(maxlen=8)
+    assert h.at(1.0) is None
+    for k in range(5):  # 100 Hz joint states, the arm moving 0.01 rad per sample
+        h.add(1.0 + 0.01 * k, {"a": 0.01 * k, "b": -0.01 * k})
+    h.add(1.045, {"a": 0.05})  # a partial state keeps the other joints' last positions
+    stamp, pos = h.at(1.015)  # a camera frame between two samples: interpolated
+    assert stamp == 1.015 and pos["a"] == pytest.approx(0.015) and pos["b"] == pytest.approx(-0.015)
+    assert h.at(2.0) == (1.045, {"a": 0.05, "b": -0.04})  # newer than every sample: the newest
+    assert h.at(0.5)[0] == 1.0  # older than the history: its oldest
+    h.add(1.02, {"a": 9.0})  # out of order: ignored
+    assert h.latest()[1]["a"] == 0.05
+    for k in range(20):  # bounded
+        h.add(2.0 + k, {"a": 0.0})
+    assert len(h) == 8

@@ -76,6 +76,50 @@ class PlannedChunk:
         return self.start_time + self.num_steps * self.step_period
 
 
+class JointHistory:
+    """Recent joint states, to read the arm's position at a camera frame's stamp.
+
+    Cameras are slower than joint states and their frames arrive later (perception sits in
+    between): pairing a frame with the newest joint state would tell the policy the arm was where
+    it got to tens of milliseconds after the picture, which is not what the demonstrations showed.
+    Partial states (a subset of the joints) are merged into the previous one.
+    """
+
+    def __init__(self, maxlen: int = 256):
+        self._items: deque[tuple[float, dict[str, float]]] = deque(maxlen=maxlen)
+
+    def add(self, stamp: float, positions: Mapping[str, float]) -> None:
+        prev = self._items[-1][1] if self._items else {}
+        if self._items and stamp < self._items[-1][0]:
+            return  # out of order: keep the history monotonic
+        self._items.append((stamp, {**prev, **positions}))
+
+    def clear(self) -> None:
+        self._items.clear()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def latest(self) -> tuple[float, dict[str, float]] | None:
+        return self._items[-1] if self._items else None
+
+    def at(self, stamp: float) -> tuple[float, dict[str, float]] | None:
+        """``(stamp, positions)`` interpolated linearly at ``stamp``; clamped to the history's ends."""
+        items = self._items
+        if not items:
+            return None
+        if stamp >= items[-1][0]:
+            return items[-1]
+        if stamp <= items[0][0]:
+            return items[0]
+        k = len(items) - 1
+        while items[k - 1][0] > stamp:  # the newest sample before stamp; frames lag by a few only
+            k -= 1
+        (t0, a), (t1, b) = items[k - 1], items[k]
+        w = (stamp - t0) / (t1 - t0) if t1 > t0 else 1.0
+        return stamp, {n: a[n] + w * (b[n] - a[n]) if n in a else b[n] for n in b}
+
+
 class ObservationBuffer:
     """Thread-safe ring buffer of recent observations; picks a history spaced by the step period."""
 

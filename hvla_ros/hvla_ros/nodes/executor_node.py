@@ -41,6 +41,7 @@ from hvla_interfaces.srv import ListSkills  # type: ignore[attr-defined]
 from hvla_ros import topics
 from hvla_ros.executor.library import SkillConfigError, SkillLibrary, UnknownSkillError
 from hvla_ros.executor.runner import (
+    JointHistory,
     Observation,
     ObservationBuffer,
     ObservationError,
@@ -115,7 +116,7 @@ class ExecutorNode(LifecycleNode):
         self._chunk_pub: Any = None
         self._buffer = ObservationBuffer(maxlen=16)
         self._images: dict[str, tuple[float, np.ndarray]] = {}
-        self._joints: tuple[float, dict[str, float]] | None = None
+        self._joints = JointHistory()
         self._cameras: list[str] = []
         self._goal_lock = threading.Lock()
         self._current_goal: Any = None  # the goal handle allowed to run; others stop (preempted)
@@ -172,7 +173,7 @@ class ExecutorNode(LifecycleNode):
             self._chunk_pub = None
         self._library = None
         self._images.clear()
-        self._joints = None
+        self._joints.clear()
         self._buffer.clear()
         return TransitionCallbackReturn.SUCCESS
 
@@ -210,18 +211,20 @@ class ExecutorNode(LifecycleNode):
         if not all(math.isfinite(v) for v in pos.values()):
             self.get_logger().error("dropping joint_states with non-finite positions", throttle_duration_sec=5.0)
             return
-        prev = self._joints[1] if self._joints else {}
-        self._joints = (self._stamp_of(msg.header), {**prev, **pos})
+        self._joints.add(self._stamp_of(msg.header), pos)
         if not self._cameras:
             self._assemble()
 
     def _assemble(self) -> None:
-        """One observation from the newest image of every camera and the newest joint state."""
-        if self._joints is None or any(c not in self._images for c in self._cameras):
+        """One observation from the newest image of every camera and the joint state at its stamp."""
+        if not len(self._joints) or any(c not in self._images for c in self._cameras):
             return
-        stamps = [self._images[c][0] for c in self._cameras] + [self._joints[0]]
-        self._buffer.add(Observation(stamp=min(stamps), images={c: self._images[c][1] for c in self._cameras},
-                                     joints=self._joints[1]))
+        frame = min((self._images[c][0] for c in self._cameras), default=math.inf)
+        js = self._joints.at(frame) if self._cameras else self._joints.latest()
+        if js is None:
+            return
+        self._buffer.add(Observation(stamp=min(frame, js[0]), images={c: self._images[c][1] for c in self._cameras},
+                                     joints=js[1]))
 
     def _on_list_skills(self, req: ListSkills.Request, res: ListSkills.Response) -> ListSkills.Response:
         lib = self._library
