@@ -446,9 +446,13 @@ def predict_chunk(
 
 @torch.no_grad()
 def predict_chunk_with_context(
-    bundle: PolicyBundle, history: Sequence[Mapping[str, Any]], noise: torch.Tensor | None = None
+    bundle: PolicyBundle, history: Sequence[Mapping[str, Any]], noise: torch.Tensor | None = None,
+    n_steps: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`predict_chunk` plus the observation context it was sampled with.
+
+    ``n_steps`` (default ``n_action_steps``) actions from the newest observation on, at most
+    ``horizon - n_obs_steps + 1`` (all the policy predicts from there).
 
     The context is the UNet's global conditioning (what :func:`observation_context` computes),
     ``n_obs_steps x C`` float32 on the CPU: one token per observation step. The steps are those
@@ -468,7 +472,7 @@ def predict_chunk_with_context(
     global_cond = diffusion._prepare_global_conditioning(batch)  # 1 x (n_obs_steps * C)
     sampled = diffusion.conditional_sample(1, global_cond=global_cond, noise=noise)
     start = cfg.n_obs_steps - 1  # the actions from the newest observation on
-    actions = sampled[:, start:start + cfg.n_action_steps]
+    actions = sampled[:, start:start + (n_steps or cfg.n_action_steps)]
     out = bundle.postprocessor(actions)
     context = global_cond[0].reshape(cfg.n_obs_steps, -1).to("cpu", torch.float32)
     return out[0].to("cpu", torch.float32), context

@@ -218,9 +218,13 @@ def test_goal_runs_to_horizon_with_chunks_and_feedback(peer):
     res = _wait_future(handle.get_result_async(), 60.0).result
     assert res.termination == ExecuteSubtask.Result.TERMINATION_HORIZON, res.error_msg
     assert res.error_code == 0 and res.chunks_executed == 3 and res.steps_executed == 20
-    assert _wait(lambda: len(peer.chunks_of(1)) == 3, 5.0)
+    assert _wait(lambda: len(peer.chunks_of(1)) == 3, 5.0), [m.num_steps for _, m in peer.chunks_of(1)]
     chunks = [m for _, m in peer.chunks_of(1)]
-    assert [c.num_steps for c in chunks] == [8, 8, 4]
+    # n_action_steps fresh steps each (the last one cut at the horizon), plus the steps that go
+    # stale between the observation and execution (latency compensation), at most all the policy
+    # predicts (horizon 16 - 2 observation steps + 1)
+    for c, fresh in zip(chunks, [8, 8, 4], strict=True):
+        assert fresh < c.num_steps <= 15, [c.num_steps for c in chunks]
     assert [c.chunk_index for c in chunks] == [0, 1, 2]
     for c in chunks:
         assert list(c.joint_names) == list(JOINTS) and list(c.gripper_names) == ["gripper"]

@@ -79,6 +79,21 @@ def test_receding_horizon_chunks_and_stamps(library):
         r.next_chunk(buf.history(2, PERIOD), now=t)
 
 
+def test_latency_compensation_adds_the_steps_that_go_stale_in_transit(library):
+    r = SkillRunner(library.get("pick"), "pick up the red cube", horizon_s=20 * PERIOD)
+    horizon, n_obs = library.get("pick").bundle.config.horizon, r.n_obs_steps
+    c = r.next_chunk([_obs(0.0), _obs(PERIOD)], now=PERIOD, latency_s=0.1)  # 3 steps stale on arrival
+    assert c.num_steps == 8 + 3 and c.start_time == pytest.approx(PERIOD)  # still from the observation
+    assert r.steps_planned == 8  # the horizon counts fresh steps only
+    # the first steps are those of the uncompensated chunk (the same sample, longer)
+    c2 = r.next_chunk([_obs(1.0), _obs(1.0 + PERIOD)], now=1.0 + PERIOD, latency_s=10.0)
+    assert c2.num_steps == horizon - n_obs + 1  # no more than the policy predicts
+    c3 = r.next_chunk([_obs(2.0), _obs(2.0 + PERIOD)], now=2.0 + PERIOD, latency_s=0.05)
+    assert c3.num_steps == 4 + 2 and r.done  # the last chunk: 4 fresh steps left, plus 2
+    hold = SkillRunner(library.get("observe"), "watch", horizon_s=0)
+    assert hold.next_chunk([_obs(0.0)], now=0.0, latency_s=0.1).num_steps == 5 + 3
+
+
 def test_next_due_waits_for_the_running_chunk(library):
     r = SkillRunner(library.get("pick"), "pick up the red cube", horizon_s=2.0)
     c = r.next_chunk([_obs(0.0), _obs(PERIOD)], now=PERIOD)

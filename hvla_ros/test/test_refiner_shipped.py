@@ -47,6 +47,14 @@ def test_shipped_place_refiner_loads_and_refines_a_chunk():
     arm = [i for i in range(len(cfg.joint_names)) if i != g]
     change = np.abs(res.positions[:, arm] - positions[:, arm])
     assert 1e-4 < change.max() < 0.3, change.max()
+    # A latency-compensated chunk (extra steps after the policy's chunk): the refiner's steps are
+    # refined exactly as alone, the extra ones stay the anchor's.
+    longer = np.vstack([positions, np.repeat(positions[-1:], 5, axis=0)])
+    res_long = cr.refine("place", cfg.joint_names, longer, [GRIPPER_JOINT], 0.0)
+    assert res_long.refined and res_long.positions.shape == longer.shape
+    np.testing.assert_allclose(res_long.positions[:cfg.chunk_size], res.positions, atol=1e-6)
+    np.testing.assert_array_equal(res_long.positions[cfg.chunk_size:], longer[cfg.chunk_size:])
+    assert res_long.gripper_probabilities.shape == (longer.shape[0], 1)
 
 
 @pytest.fixture(scope="module")

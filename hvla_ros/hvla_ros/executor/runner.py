@@ -280,14 +280,32 @@ class SkillRunner:
             )
         return obs
 
-    def next_chunk(self, history: Sequence[Observation], now: float) -> PlannedChunk:
-        """Predict the next chunk from ``history`` (oldest first; the newest must be fresh)."""
+    @property
+    def max_chunk_steps(self) -> int:
+        """All the steps the policy predicts from its newest observation on."""
+        if self.skill.spec.is_hold:
+            return 10**6
+        cfg = self.skill.bundle.config
+        return int(cfg.horizon - cfg.n_obs_steps + 1)
+
+    def next_chunk(self, history: Sequence[Observation], now: float, latency_s: float = 0.0) -> PlannedChunk:
+        """Predict the next chunk from ``history`` (oldest first; the newest must be fresh).
+
+        ``latency_s``: how long after its observation a chunk starts to be executed (observation
+        age + inference + transport). Its first steps are stale by then and get dropped in front
+        of the arm, so the chunk carries that many extra steps (as far as the policy predicts):
+        the arm executes ``n_action_steps`` fresh ones and keeps moving while the next chunk is
+        computed. The horizon counts the ``n_action_steps`` only. Zero: exactly
+        ``n_action_steps`` (lockstep simulation).
+        """
         if self.done:
             raise RuntimeError(
                 f"skill {self.skill.name!r}: horizon of {self.horizon_steps} steps already planned"
             )
         newest = self.check_fresh(history[-1] if history else None, now)
-        n = min(self.skill.spec.n_action_steps, self.remaining_steps)
+        fresh = min(self.skill.spec.n_action_steps, self.remaining_steps)
+        extra = math.ceil(latency_s / self.step_period - 1e-9) if latency_s > 0 and math.isfinite(latency_s) else 0
+        n = min(fresh + extra, self.max_chunk_steps)
         if self.skill.spec.is_hold:
             # Hold where the arm was when the subtask started: repeated targets, no drift.
             base = (
@@ -298,7 +316,7 @@ class SkillRunner:
             positions = np.repeat(base[None, :], n, axis=0)
             context = None
         else:
-            actions, context = self._predict(history)
+            actions, context = self._predict(history, n)
             positions = actions[:n]
         chunk = PlannedChunk(
             skill=self.skill.name,
@@ -309,12 +327,12 @@ class SkillRunner:
             positions=np.ascontiguousarray(positions, dtype=np.float64),
             context=context,
         )
-        self.steps_planned += chunk.num_steps
+        self.steps_planned += fresh
         self.chunks_planned += 1
         self.last_chunk = chunk
         return chunk
 
-    def _predict(self, history: Sequence[Observation]) -> tuple[np.ndarray, np.ndarray]:
+    def _predict(self, history: Sequence[Observation], n_steps: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """The policy's actions (float64) and the observation context they were sampled with."""
         from hvla_ros import lerobot_compat as lc
 
@@ -322,7 +340,7 @@ class SkillRunner:
         hist = list(history)[-k:]
         hist = [hist[0]] * (k - len(hist)) + hist
         inputs = [policy_inputs(self.skill, o, self._instruction_vec) for o in hist]
-        actions_t, context = lc.predict_chunk_with_context(self.skill.bundle, inputs)
+        actions_t, context = lc.predict_chunk_with_context(self.skill.bundle, inputs, n_steps=n_steps)
         actions = actions_t.numpy()
         if not np.all(np.isfinite(actions)):
             raise FloatingPointError(f"skill {self.skill.name!r} produced non-finite actions")

@@ -76,6 +76,11 @@ def _params() -> list[ParamSpec]:
                   min=0.1, max=600.0),
         ParamSpec("expected_latency_s", 0.1, "initial estimate of inference latency: the next chunk is "
                   "predicted this long before the current one runs out (then measured)", min=0.0, max=10.0),
+        ParamSpec("latency_compensation", True, "chunks carry extra steps for the time from their observation "
+                  "to execution (measured), so the arm executes n_action_steps fresh steps per chunk and keeps "
+                  "moving while the next is computed; off: exactly n_action_steps per chunk"),
+        ParamSpec("latency_margin_s", 0.06, "added to the measured observation-to-publication time: transport to "
+                  "the controller and the refiner's latency budget", min=0.0, max=1.0),
         ParamSpec("autostart", True, "configure and activate at start (no lifecycle manager needed)",
                   read_only=True),
     ]
@@ -122,6 +127,7 @@ class ExecutorNode(LifecycleNode):
         self._current_goal: Any = None  # the goal handle allowed to run; others stop (preempted)
         self._policy_lock = threading.Lock()  # one inference at a time
         self._latency = float(self.p["expected_latency_s"])
+        self._chunk_age: float | None = None  # observation stamp -> chunk published (s), smoothed
         self._cb = ReentrantCallbackGroup()
         self._list_srv = self.create_service(ListSkills, topics.LIST_SKILLS_SERVICE, self._on_list_skills,
                                              callback_group=MutuallyExclusiveCallbackGroup())
@@ -323,7 +329,11 @@ class ExecutorNode(LifecycleNode):
                     if self._stop_reason(handle) is not None:
                         continue
                     t_inf = time.monotonic()
-                    chunk = runner.next_chunk(history, self.now_s())
+                    latency = 0.0
+                    if self.p["latency_compensation"]:
+                        age = self._chunk_age if self._chunk_age is not None else self._latency
+                        latency = age + float(self.p["latency_margin_s"])
+                    chunk = runner.next_chunk(history, self.now_s(), latency_s=latency)
                     dt = time.monotonic() - t_inf
             except StaleObservationError as exc:
                 stale_since = stale_since or time.monotonic()
@@ -346,6 +356,8 @@ class ExecutorNode(LifecycleNode):
                 return self._finish(handle, runner, t0, reason)
             self._chunk_pub.publish(chunk_message(chunk, grippers, episode_id=sub.episode_id,
                                                   subtask_id=sub.subtask_id))
+            age = max(0.0, self.now_s() - chunk.start_time)
+            self._chunk_age = age if self._chunk_age is None else 0.7 * self._chunk_age + 0.3 * age
             handle.publish_feedback(ExecuteSubtask.Feedback(
                 chunk_index=chunk.index, steps_executed=runner.steps_planned, progress=runner.progress,
                 status_text=f"chunk {chunk.index}: {chunk.num_steps} steps, inference {dt * 1e3:.0f} ms"))

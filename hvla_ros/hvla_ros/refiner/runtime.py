@@ -81,7 +81,18 @@ class ChunkRefiner:
             return self._pass(positions, p_anchor,
                               f"chunk joints {list(joint_names)} differ from the refiner's {list(cfg.joint_names)}")
         if positions.shape[0] > cfg.chunk_size:
-            return self._pass(positions, p_anchor, f"chunk has {positions.shape[0]} steps > {cfg.chunk_size}")
+            # A latency-compensated chunk carries extra steps after the policy's own chunk (the
+            # executor sends them so the arm keeps moving while the next one is computed): refine
+            # the steps the refiner was trained on; the rest stay the anchor's.
+            n = cfg.chunk_size
+            head_logits = None
+            if anchor_logits is not None and anchor_logits.size == positions.shape[0] * len(cfg.gripper_names):
+                head_logits = np.asarray(anchor_logits).reshape(positions.shape[0], -1)[:n].ravel()
+            head = self.refine(skill, joint_names, positions[:n], gripper_names, start, head_logits, context)
+            if not head.refined:  # counted as passed through by the call above
+                return RefineResult(positions, p_anchor, False, head.reason)
+            return RefineResult(np.concatenate([head.positions, positions[n:]]),
+                                np.concatenate([head.gripper_probabilities, p_anchor[n:]]), True)
         if context is None:
             provider = self.providers.get(skill)
             context = provider(start) if provider is not None else None
