@@ -15,13 +15,15 @@ Rules, in the order they are applied to a chunk (``obs: T steps x D joints -> cm
    more than ``max_future`` ahead (clock mismatch) -> ``STALE_CHUNK``.
 6. **stale steps**: steps due before ``now + latency_budget`` are dropped (counted); if all are
    stale the last one is scheduled on the next control tick (diffusion_policy's real-robot rule).
-7. **step change**: a jump larger than ``max_step_change`` between consecutive targets (the first
-   one measured from where the arm was being driven at the chunk's first stamp; checked on the
-   chunk as planned, before rule 6 drops stale steps, so the motion planned for the time the
-   chunk spent in inference and transit is not taken for a jump) -> ``LIMIT``, the chunk is refused. Arm
-   joints only: a gripper closing on an object is stopped by it, so its measured position can lie
-   far from its target (that is how it grips), and open/close commands are jumps by nature; a
-   gripper's target is rate-limited by rule 9 instead.
+7. **step change**: a jump larger than ``max_step_change`` between consecutive targets of the
+   chunk (a discontinuity inside a policy's chunk is a glitch) -> ``LIMIT``, the chunk is refused.
+   Checked on the chunk as planned, before rule 6 drops stale steps. The first target's distance
+   from where the arm is being driven is not a jump: the velocity limit (rule 9) rate-limits the
+   approach. Refusing it would hold the arm for as long as a policy keeps asking for a pose away
+   from the current one (e.g. the wrist turning to the other grasp of a symmetric object), and
+   the planning latency alone puts a fast chunk's first fresh step ahead of the arm. Arm joints
+   only: a gripper closing on an object is stopped by it, and open/close commands are jumps by
+   nature; a gripper's target is rate-limited by rule 9 instead.
 8. **position limits**: clamped into the joint range (counted per step).
 9. **velocity limits**: each step's change is limited to ``v_max * dt`` (counted per step).
 
@@ -303,17 +305,14 @@ class SafetyFilter:
             raise ChunkRejected(SafetyError.BAD_CHUNK,
                                 "no joint state received yet for every joint; cannot check the chunk")
         reference = self._reference_at(np.array([now]), measured)[0]  # where the arm is driven now
-        # Step change (refuse) on the chunk as planned, arm joints only: its first step against
-        # where the arm was being driven when the chunk begins, then step to step. Checked before
-        # stale steps are dropped: how far the arm was meant to move during the planning latency
-        # is not a jump (the velocity limit below rate-limits the catch-up).
-        start_ref = self._reference_at(stamps[:1], measured)[0]
-        jumps = np.abs(np.diff(np.vstack([start_ref[cols][None, :], pos]), axis=0))
+        # Step change (refuse) between consecutive targets of the chunk as planned, arm joints
+        # only; the first target is approached at the velocity limit below (see rule 7).
+        jumps = np.abs(np.diff(pos, axis=0))
         jumps[:, ~self._arm_mask[cols]] = 0.0
         if (jumps > cfg.max_step_change).any():
             k, j = (int(v) for v in np.argwhere(jumps > cfg.max_step_change)[0])
             raise ChunkRejected(SafetyError.LIMIT,
-                                f"step {k} jumps {jumps[k, j]:.3f} rad on {chunk.joint_names[j]!r} "
+                                f"step {k + 1} jumps {jumps[k, j]:.3f} rad on {chunk.joint_names[j]!r} "
                                 f"(> max_step_change {cfg.max_step_change} rad)")
         # Stale steps: keep those due at or after now + latency budget.
         due = now + cfg.latency_budget
