@@ -84,10 +84,12 @@ def main() -> None:
     parser.add_argument("--keep", type=Path, default=None, help="keep each run's directory under this folder")
     args = parser.parse_args()
     seeds = parse_seeds(args.seeds)
-    rows, results = [], []
+    rows: list[list[object]] = []
+    results: list[dict[str, object]] = []
     for seed in seeds:
         r = run_seed(args.task, seed, args.launch_args, args.timeout, args.keep)
         results.append(r)
+        summarize(args, results, final=False)  # an interrupted run keeps what it measured
         first = {}
         for a in r["attempts"]:  # type: ignore[union-attr]
             first.setdefault(a["k"], a["status"])
@@ -97,6 +99,13 @@ def main() -> None:
         if r["tail"]:
             print(r["tail"], flush=True)
         rows.append([seed, r["planner_success"], r["sim_success"], len(r["attempts"]), f"{r['wall_s']:.0f}"])
+    print_table(f"{args.task} through the ROS graph ({len(results)} seeds)",
+                ["seed", "planner", "simulator", "verdicts", "wall s"], rows)
+    summarize(args, results, final=True)
+
+
+def summarize(args: argparse.Namespace, results: list[dict[str, object]], *, final: bool) -> None:
+    """Print (when final) and write the rates over the seeds run so far."""
     n = len(results)
     sim_rate = sum(bool(r["sim_success"]) for r in results) / n
     plan_rate = sum(bool(r["planner_success"]) for r in results) / n
@@ -108,16 +117,16 @@ def main() -> None:
             if a["k"] not in seen:
                 seen.add(a["k"])
                 per_subtask.setdefault(a["k"], []).append(a["status"] == "success")
-    print_table(f"{args.task} through the ROS graph ({n} seeds)", ["seed", "planner", "simulator", "verdicts", "wall s"], rows)
-    print(f"task success (simulator ground truth): {100 * sim_rate:.0f}%   planner verdict: {100 * plan_rate:.0f}%")
-    for k, v in sorted(per_subtask.items()):
-        print(f"subtask {k}: first attempt succeeded {sum(v)}/{len(v)}")
+    if final:
+        print(f"task success (simulator ground truth): {100 * sim_rate:.0f}%   planner verdict: {100 * plan_rate:.0f}%")
+        for k, v in sorted(per_subtask.items()):
+            print(f"subtask {k}: first attempt succeeded {sum(v)}/{len(v)}")
     write_result("graph", {
-        "task": args.task, "seeds": seeds, "launch_args": args.launch_args,
+        "task": args.task, "seeds": [r["seed"] for r in results], "launch_args": args.launch_args,
         "task_success_rate": sim_rate, "planner_success_rate": plan_rate,
         "first_attempt_success": {str(k): sum(v) / len(v) for k, v in per_subtask.items()},
         "episodes": [{k: v for k, v in r.items() if k != "tail"} for r in results],
-    }, notes="hvla demo per seed: every node its own process over Fast DDS, real time on the sim clock")
+    }, notes="hvla demo per seed: every node its own process over Fast DDS, on the simulator clock (its real_time_factor from config/hvla.yaml unless overridden)")
 
 
 if __name__ == "__main__":
