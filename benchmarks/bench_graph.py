@@ -1,7 +1,7 @@
 """Success of the stack through the real ROS graph: ``hvla demo`` once per seed.
 
 Each episode starts the whole graph (simulator, perception, executor, refiner, planner; each node
-its own process over Fast DDS, in real time on the simulator's clock), sends the task's goal and
+its own process over Fast DDS, on the simulator's clock), sends the task's goal and
 waits for the result, exactly as an operator's ``make demo``. Per seed it records the planner's
 verdict, the simulator's ground truth, each subtask's attempts (from the episode log) and the
 wall time. This is the figure the in-process evaluations (``hvla eval-skills``, bench_e2e) cannot
@@ -126,7 +126,8 @@ def summarize(args: argparse.Namespace, results: list[dict[str, object]], *, fin
         "task_success_rate": sim_rate, "planner_success_rate": plan_rate,
         "first_attempt_success": {str(k): sum(v) / len(v) for k, v in per_subtask.items()},
         "episodes": [{k: v for k, v in r.items() if k != "tail"} for r in results],
-    }, notes="hvla demo per seed: every node its own process over Fast DDS, on the simulator clock (its real_time_factor from config/hvla.yaml unless overridden)")
+    }, notes="hvla demo per seed: every node its own process over Fast DDS, on the simulator clock "
+              "(its real_time_factor from config/hvla.yaml unless overridden)")
 
 
 if __name__ == "__main__":
