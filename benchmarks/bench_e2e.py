@@ -67,11 +67,14 @@ def main() -> int:
     parser.add_argument("--skills-file", default="", help="skill library (default: the shipped one)")
     parser.add_argument("--image-size", type=int, nargs=2, default=(240, 320), metavar=("H", "W"))
     parser.add_argument("--quick", action="store_true", help="1 seed, 1 task, full + flat only")
+    parser.add_argument("--flat-skills-file", default="", help="flat baselines (default: config/skills_flat.yaml)")
+    parser.add_argument("--flat-horizon-s", type=float, default=15.0,
+                        help="how long a flat policy runs (the whole task; expert episodes take 7-30 s)")
     args = parser.parse_args()
 
     import torch
 
-    from hvla_ros.executor.library import SkillLibrary
+    from hvla_ros.executor.library import SkillLibrary, package_dir
     from hvla_ros.planner.rule_based import RuleBasedReasoner
     from hvla_ros.sim.tasks import TASKS
     from hvla_ros.system import SystemConfig, run_episode, run_flat_episode
@@ -83,6 +86,7 @@ def main() -> int:
     if args.quick:
         tasks, args.seeds = tasks[:1], 1
     library = SkillLibrary.load(args.skills_file or None)
+    flat_library = SkillLibrary.load(args.flat_skills_file or package_dir() / "config" / "skills_flat.yaml")
     system = SystemConfig(image_size=tuple(args.image_size))
     results: dict[str, dict[str, list[bool]]] = {c: {} for c in wanted}
     wall: dict[str, float] = {}
@@ -95,10 +99,11 @@ def main() -> int:
             for seed in range(args.seeds):
                 if name == "flat":
                     flat = f"flat_{task}"
-                    if flat not in library.names():
-                        skipped.append(f"flat/{task}: no skill {flat!r} in the library")
+                    if flat not in flat_library.names():
+                        skipped.append(f"flat/{task}: no skill {flat!r} in the flat library")
                         break
-                    score = run_flat_episode(task, seed, library, flat, horizon_s=60.0, config=system)
+                    score = run_flat_episode(task, seed, flat_library, flat, horizon_s=args.flat_horizon_s,
+                                             config=system)
                 else:
                     score = run_episode(task, seed, library, RuleBasedReasoner(), log_dir,
                                         planner_config=configs[name], config=system)  # type: ignore[arg-type]
