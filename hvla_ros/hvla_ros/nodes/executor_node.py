@@ -223,11 +223,11 @@ class ExecutorNode(LifecycleNode):
 
     def _assemble(self) -> None:
         """One observation from the newest image of every camera and the joint state at its stamp."""
-        if not len(self._joints) or any(c not in self._images for c in self._cameras):
+        if any(c not in self._images for c in self._cameras):
             return
-        frame = min((self._images[c][0] for c in self._cameras), default=math.inf)
-        js = self._joints.at(frame) if self._cameras else self._joints.latest()
-        if js is None:
+        frame = min((self._images[c][0] for c in self._cameras), default=math.inf)  # no camera: the newest state
+        js = self._joints.at(frame)
+        if js is None:  # no joint state yet
             return
         self._buffer.add(Observation(stamp=min(frame, js[0]), images={c: self._images[c][1] for c in self._cameras},
                                      joints=js[1]))

@@ -319,7 +319,7 @@ class SafetyFilter:
         keep = stamps >= due
         dropped = int((~keep).sum())
         on_receipt = not keep.any()
-        if keep.any():
+        if not on_receipt:
             stamps, pos = stamps[keep], pos[keep]
         else:  # all stale: the last target, one control tick after the controller receives it
             stamps = np.array([now + cfg.control_period])
