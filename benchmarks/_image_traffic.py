@@ -128,9 +128,39 @@ def run_sub(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_relay(args: argparse.Namespace) -> int:
+    """Republish every frame of ``--topic`` unchanged on ``--out``: the floor of any Python node hop."""
+    import rclpy
+    from rclpy.node import Node
+    from sensor_msgs.msg import Image
+
+    from hvla_ros.rosutil.node_main import make_executor
+    from hvla_ros.rosutil.qos import IMAGE_QOS
+    from hvla_ros.rosutil.transport import use_large_data_profile
+
+    use_large_data_profile()
+    rclpy.init()
+    node = Node("bench_relay")
+    pub = node.create_publisher(Image, args.out, IMAGE_QOS)
+    node.create_subscription(Image, args.topic, pub.publish, IMAGE_QOS)
+    executor = make_executor(args.executor)
+    executor.add_node(node)
+    try:
+        executor.spin()
+    except (KeyboardInterrupt, rclpy.executors.ExternalShutdownException):
+        pass
+    finally:
+        executor.shutdown()
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("role", choices=["pub", "sub"])
+    ap.add_argument("role", choices=["pub", "sub", "relay"])
+    ap.add_argument("--out", default="bench/relayed")
+    ap.add_argument("--executor", default="multi_threaded")
     ap.add_argument("--topic", default="bench/image")
     ap.add_argument("--topics", nargs="*", default=["bench/image"])
     ap.add_argument("--qos", choices=["reliable", "best_effort"], default="reliable")
@@ -147,7 +177,7 @@ def main() -> int:
     ap.add_argument("--idle", type=float, default=3.0)
     ap.add_argument("--touch", action="store_true")
     args = ap.parse_args()
-    return run_pub(args) if args.role == "pub" else run_sub(args)
+    return {"pub": run_pub, "sub": run_sub, "relay": run_relay}[args.role](args)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,9 @@ Same run, same machine, separate processes (publisher, subscriber, node):
    with Fast DDS defaults vs the project's profile (hvla_ros/config/fastdds_large_data.xml);
 2. publisher -> perception_node (masking 2 tracked objects) -> subscriber, where the subscriber
    also receives the direct hop of the very same frames: added latency = filtered arrival -
-   direct arrival, per frame (goal: p99 <= 5 ms, 100% delivery), defaults vs profile.
+   direct arrival, per frame (goal: p99 <= 5 ms, 100% delivery), defaults vs profile;
+3. the same through a minimal rclpy relay that republishes each frame unchanged (the floor of
+   any Python node in the path: one more hop), so the node's own cost is node - relay.
 
     .venv/bin/python benchmarks/bench_transport.py [--quick]
 """
@@ -26,7 +28,7 @@ sys.path.insert(0, str(HERE))
 from _common import percentiles, print_table, write_result  # noqa: E402
 
 from hvla_ros import topics  # noqa: E402
-from hvla_ros.rosutil.transport import PROFILE_ENV_VARS, fastdds_profile_path  # noqa: E402
+from hvla_ros.rosutil.transport import MALLOC_ENV, PROFILE_ENV_VARS, fastdds_profile_path  # noqa: E402
 
 WORKER = str(HERE / "_image_traffic.py")
 
@@ -36,26 +38,35 @@ def _env(profile: bool, domain: int) -> dict[str, str]:
     for var in PROFILE_ENV_VARS:
         env.pop(var, None)
     env.pop("FASTDDS_BUILTIN_TRANSPORTS", None)
+    for var in MALLOC_ENV:
+        env.pop(var, None)
     env["HVLA_FASTDDS_PROFILE"] = "1" if profile else "0"  # perception_node honours this
-    if profile:
+    if profile:  # what every process of the graph gets (hvla_ros.rosutil.transport.use_large_data_profile)
         for var in PROFILE_ENV_VARS:
             env[var] = str(fastdds_profile_path())
+        env.update(MALLOC_ENV)
     env["ROS_DOMAIN_ID"] = str(domain)
     env.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     env.setdefault("OMP_NUM_THREADS", "1")
     return env
 
 
+def _perception_cmd(node_params: list[str]) -> list[str]:
+    return [sys.executable, "-m", "hvla_ros.nodes.perception_node", "--ros-args", "-p", "cameras:=[front]",
+            "-p", "publish_mask:=true", *[a for p in node_params for a in ("-p", p)], "--log-level", "warn"]
+
+
+def _relay_cmd(executor: str, src: str, out: str) -> list[str]:
+    return [sys.executable, WORKER, "relay", "--topic", src, "--out", out, "--executor", executor]
+
+
 def _run(env: dict[str, str], qos: str, n: int, sub_topics: list[str], pub_topic: str,
-         node: bool, node_params: list[str] | None = None) -> dict[str, dict[str, int]]:
+         node_cmd: list[str] | None = None) -> dict[str, dict[str, int]]:
+    node = node_cmd is not None
     procs: list[subprocess.Popen] = []
     try:
-        if node:
-            procs.append(subprocess.Popen(
-                [sys.executable, "-m", "hvla_ros.nodes.perception_node", "--ros-args", "-p", "cameras:=[front]",
-                 "-p", "publish_mask:=true", *[a for p in node_params or [] for a in ("-p", p)],
-                 "--log-level", "warn"],
-                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        if node_cmd is not None:
+            procs.append(subprocess.Popen(node_cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         sub = subprocess.Popen([sys.executable, WORKER, "sub", "--qos", qos, "--n", str(n), "--topics", *sub_topics,
                                 "--touch"], env=env, stdout=subprocess.PIPE, text=True)
         procs.append(sub)
@@ -94,20 +105,27 @@ def main() -> int:
         setting = "profile" if profile else "default"
         env = _env(profile, domain)
         for qos in ("reliable", "best_effort"):
-            res = _run(env, qos, n, ["bench/image"], "bench/image", node=False)["bench/image"]
+            res = _run(env, qos, n, ["bench/image"], "bench/image")["bench/image"]
             lat = percentiles(np.array(list(res.values())) / 1e6)
             figures[f"direct_{qos}_{setting}"] = {"delivered": len(res), "sent": n, **lat}
             rows.append([f"direct {qos}", setting, f"{len(res)}/{n}", lat["p50"], lat["p99"], ""])
         raw, filt = topics.camera_image("front"), topics.filtered_image("front")
-        res = _run(env, "reliable", n, [raw, filt], raw, node=True, node_params=args.node_param)
-        common = sorted(set(res[raw]) & set(res[filt]), key=int)
-        added = np.array([res[filt][k] - res[raw][k] for k in common]) / 1e6
-        a = percentiles(added)
-        d = percentiles(np.array(list(res[raw].values())) / 1e6)
-        figures[f"node_{setting}"] = {"delivered_direct": len(res[raw]), "delivered_filtered": len(res[filt]),
-                                      "sent": n, "direct_latency_ms": d, "added_latency_ms": a}
-        rows.append(["via perception_node (added)", setting, f"{len(res[filt])}/{n}", a["p50"], a["p99"],
-                     f"direct p50 {d['p50']:.1f}"])
+        hops = [("via relay node (added)", "relay", _relay_cmd("single_threaded", raw, "bench/relayed"),
+                 "bench/relayed"),
+                ("via perception_node (added)", "node", _perception_cmd(args.node_param), filt)]
+        for label, key, cmd, out_topic in hops:
+            res = _run(env, "reliable", n, [raw, out_topic], raw, node_cmd=cmd)
+            common = sorted(set(res[raw]) & set(res[out_topic]), key=int)
+            a = percentiles(np.array([res[out_topic][k] - res[raw][k] for k in common]) / 1e6)
+            d = percentiles(np.array(list(res[raw].values())) / 1e6)
+            figures[f"{key}_{setting}"] = {"delivered_direct": len(res[raw]), "delivered_filtered": len(res[out_topic]),
+                                           "sent": n, "direct_latency_ms": d, "added_latency_ms": a}
+            rows.append([label, setting, f"{len(res[out_topic])}/{n}", a["p50"], a["p99"],
+                         f"direct p50 {d['p50']:.1f}"])
+        node_a = figures[f"node_{setting}"]["added_latency_ms"]
+        relay_a = figures[f"relay_{setting}"]["added_latency_ms"]
+        figures[f"node_over_relay_{setting}"] = {"p50_ms": node_a["p50"] - relay_a["p50"],
+                                                 "p99_ms": node_a["p99"] - relay_a["p99"]}
     if not args.profile_only:
         for key in ("direct_reliable", "direct_best_effort"):
             f0, f1 = figures[f"{key}_default"], figures[f"{key}_profile"]
@@ -120,7 +138,8 @@ def main() -> int:
                 ["hop", "Fast DDS", "delivered", "p50 ms", "p99 ms", "note"], rows)
     write_result("transport", figures, notes="'profile' = FASTRTPS_DEFAULT_PROFILES_FILE/FASTDDS_DEFAULT_"
                  "PROFILES_FILE set to hvla_ros/config/fastdds_large_data.xml; 'default' = no profile. "
-                 "QoS depth 2 everywhere; node runs use IMAGE_QOS (RELIABLE).")
+                 "QoS depth 2 everywhere; node and relay runs use IMAGE_QOS (RELIABLE); the relay is a "
+                 "single-threaded rclpy node republishing each frame unchanged.")
     return 0
 
 

@@ -38,6 +38,7 @@ from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import QoSProfile
 from rclpy.service import Service
+from rclpy.task import Future
 from rclpy.timer import Timer
 from sensor_msgs.msg import CameraInfo, Image
 
@@ -414,7 +415,22 @@ class PerceptionNode(LifecycleNode):
         self.get_logger().info(f"{cam.name}: segmented {len(check.accepted)} box(es) in "
                                f"{(time.perf_counter() - t0) * 1e3:.0f} ms")
 
-    def _on_segment(self, req: Segment.Request, resp: Segment.Response) -> Segment.Response:
+    async def _on_segment(self, req: Segment.Request, resp: Segment.Response) -> Segment.Response:
+        """Segment in a thread of its own: the executor thread keeps serving the cameras meanwhile."""
+        done: Future = Future(executor=self.executor)
+        done.add_done_callback(lambda _f: None)  # its completion wakes the executor, which resumes us
+
+        def work() -> None:
+            try:
+                done.set_result(self._segment(req, resp))
+            except BaseException as exc:  # _segment handles errors; this only keeps the caller from hanging
+                done.set_exception(exc)
+
+        threading.Thread(target=work, name="perception-segment", daemon=True).start()
+        result: Segment.Response = await done
+        return result
+
+    def _segment(self, req: Segment.Request, resp: Segment.Response) -> Segment.Response:
         resp.error_code = Segment.Response.ERROR_NONE
         if self._segmenter is None:
             resp.error_code, resp.error_msg = Segment.Response.ERROR_SEGMENTER_FAILED, "node not configured"
@@ -507,7 +523,9 @@ def _error_code(exc: Exception) -> int:
 
 
 def main(args: Sequence[str] | None = None) -> int:
-    return run_lifecycle_node(PerceptionNode, args)
+    # One executor thread: the image callbacks are short (propagation and segmentation run in
+    # threads of their own) and a single-threaded executor hands them over about twice as fast.
+    return run_lifecycle_node(PerceptionNode, args, executor_kind="single_threaded")
 
 
 if __name__ == "__main__":
