@@ -6,8 +6,8 @@ the arm) from the ground-truth segmentation, with a margin as a planner's box wo
 2. propagate the masks while the scripted expert moves the arm for 90 frames (30 Hz), both
    cameras -> IoU at the last frame (goal: >= 0.7), re-segmentations counted;
 3. perception_node's pipelined mode applies the mask of the previous frame, dilated by
-   ``--lag-dilate`` px: the IoU of that mask with the last frame's ground truth, for 0 px and
-   the chosen dilation (the cost of publishing without waiting for propagation).
+   ``--lag-dilate`` px: the IoU of that mask with the last frame's ground truth, for 0 px (the
+   node's default) and the chosen dilation (the cost of publishing without waiting for propagation).
 
     .venv/bin/python benchmarks/bench_perception_quality.py [--quick]
 """
@@ -124,7 +124,8 @@ def main() -> int:
     ap.add_argument("--frames", type=int, default=90)
     ap.add_argument("--margin", type=float, default=0.1, help="box margin (fraction of the object size)")
     ap.add_argument("--lag-dilate", type=int, default=2,
-                    help="dilation (px) of the one-frame-old mask, as perception_node's pipeline_dilate_px")
+                    help="dilation (px) of the one-frame-old mask to compare, as perception_node's "
+                    "pipeline_dilate_px")
     args = ap.parse_args()
     from hvla_ros.sim.tasks import TASKS
 

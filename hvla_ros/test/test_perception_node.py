@@ -141,10 +141,12 @@ def _moving_scene(i: int) -> tuple[np.ndarray, tuple[int, int, int, int]]:
     return img, (x0, 30, x0 + 30, 60)
 
 
-@pytest.mark.parametrize("pipelined", [True, False])
-def test_node_mask_follows_moving_object(rclpy_context, pipelined):
-    """Both modes publish every frame at full size; the mask covers the moving object (pipelined:
-    the mask of the previous frame, grown by ``pipeline_dilate_px``; synchronous: exact)."""
+@pytest.mark.parametrize(("pipelined", "process"), [(True, False), (True, True), (False, False)],
+                         ids=["pipelined-thread", "pipelined-process", "synchronous"])
+def test_node_mask_follows_moving_object(rclpy_context, pipelined, process):
+    """Every mode publishes every frame at full size; the mask covers the moving object
+    (pipelined: the mask of the previous frame, grown by ``pipeline_dilate_px``, propagated in a
+    thread or a child process; synchronous: exact)."""
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.node import Node
     from sensor_msgs.msg import Image
@@ -155,7 +157,8 @@ def test_node_mask_follows_moving_object(rclpy_context, pipelined):
     from hvla_ros.rosutil.qos import IMAGE_QOS, LATCHED_QOS
 
     cmd = [sys.executable, "-m", "hvla_ros.nodes.perception_node", "--ros-args", "-p", "cameras:=[front]",
-           "-p", f"pipelined:={str(pipelined).lower()}", "-p", "pipeline_dilate_px:=3", "-p", "fill:=zero"]
+           "-p", f"pipelined:={str(pipelined).lower()}", "-p", f"propagation.process:={str(process).lower()}",
+           "-p", "pipeline_dilate_px:=3", "-p", "fill:=zero"]
     proc = procs.spawn(cmd, env=dict(os.environ))
     node = Node("perception_motion_test", context=rclpy_context)
     ex = SingleThreadedExecutor(context=rclpy_context)

@@ -57,13 +57,13 @@ from hvla_ros.perception import (
     check_boxes,
     make_segmenter,
 )
+from hvla_ros.perception.propagation import PropagationStats
 from hvla_ros.perception.segmenter import Segmenter
+from hvla_ros.perception.worker import COLOUR_ENCODINGS, PropagationWorker, WorkerDied, to_rgb
 from hvla_ros.rosutil.images import ImageConversionError, from_image_msg, to_image_msg
 from hvla_ros.rosutil.node_main import run_lifecycle_node
 from hvla_ros.rosutil.params import ParamSpec, declare_params
 from hvla_ros.rosutil.qos import IMAGE_QOS, LATCHED_QOS, STATE_QOS
-
-_COLOUR = {"rgb8": None, "bgr8": (2, 1, 0), "rgba8": None, "bgra8": (2, 1, 0)}
 
 
 def _params() -> list[ParamSpec]:
@@ -93,8 +93,13 @@ def _params() -> list[ParamSpec]:
         ParamSpec("pipelined", True, "publish each frame at once with the latest mask and propagate in a "
                   "worker thread per camera (the mask lags by at most one frame); false: propagate in the "
                   "image callback before publishing (exact, slower)", read_only=True),
-        ParamSpec("pipeline_dilate_px", 2, "pipelined mode: grow the mask by this many pixels to cover "
-                  "the motion of one frame", min=0, max=50, read_only=True),
+        ParamSpec("propagation.process", False, "pipelined mode: propagate in a child process per camera "
+                  "(a crash of the segmenter's native code then costs the masks of one subtask, not the node; "
+                  "the worker is restarted; a SAM-family model is loaded once more per camera); false: in a "
+                  "thread of this process", read_only=True),
+        ParamSpec("pipeline_dilate_px", 0, "pipelined mode: grow the mask by this many pixels to cover "
+                  "the motion of one frame (more coverage of a moving object, lower IoU)", min=0, max=50,
+                  read_only=True),
         ParamSpec("autostart", True, "configure and activate at start (no lifecycle manager needed)",
                   read_only=True),
     ]
@@ -143,7 +148,12 @@ class _Camera:
     cond: threading.Condition = field(default_factory=threading.Condition)
     latest: tuple[np.ndarray, str] | None = None
     worker: threading.Thread | None = None
+    remote: PropagationWorker | None = None  # propagation in a child process (propagation.process)
     stop: bool = False
+
+    @property
+    def stats(self) -> PropagationStats:
+        return self.remote.stats if self.remote is not None else self.propagator.stats
 
 
 class PerceptionNode(LifecycleNode):
@@ -176,6 +186,17 @@ class PerceptionNode(LifecycleNode):
             return TransitionCallbackReturn.FAILURE
         self._cams = {c: _Camera(c, MaskPropagator(self._segmenter, config)) for c in p["cameras"]}
         self._pipelined = bool(p["pipelined"])
+        self._worker_args = None
+        if self._pipelined and p["propagation.process"]:
+            self._worker_args = (p["backend"], {"checkpoint": p["checkpoint"], "model_type": p["model_type"],
+                                                "device": p["device"], "max_boxes": p["max_boxes"]}, config)
+            try:
+                for cam in self._cams.values():
+                    cam.remote = self._new_worker(cam.name)
+            except SegmenterError as exc:
+                self.get_logger().error(f"cannot start the propagation workers: {exc}")
+                self._close_remotes()
+                return TransitionCallbackReturn.FAILURE
         # Input queue a little deeper than IMAGE_QOS (still RELIABLE, compatible with any camera):
         # a frame arriving while the callback runs is queued, not overwritten.
         in_qos = QoSProfile(history=IMAGE_QOS.history, depth=max(4, IMAGE_QOS.depth),
@@ -223,6 +244,17 @@ class PerceptionNode(LifecycleNode):
         self._active = False
         return super().on_deactivate(state)
 
+    def _new_worker(self, camera: str) -> PropagationWorker:
+        assert self._worker_args is not None
+        backend, kwargs, config = self._worker_args
+        return PropagationWorker(backend, kwargs, config, name=f"hvla-propagation-{camera}")
+
+    def _close_remotes(self) -> None:
+        for cam in self._cams.values():
+            if cam.remote is not None:
+                cam.remote.close()
+                cam.remote = None
+
     def _stop_workers(self) -> None:
         for cam in self._cams.values():
             with cam.cond:
@@ -232,6 +264,7 @@ class PerceptionNode(LifecycleNode):
             if cam.worker is not None:
                 cam.worker.join(timeout=5.0)
                 cam.worker = None
+        self._close_remotes()
 
     def destroy_node(self) -> None:
         self._active = False
@@ -294,7 +327,7 @@ class PerceptionNode(LifecycleNode):
         cam.last_rx = time.monotonic()
         try:
             arr = from_image_msg(msg)  # a view of the received buffer, no copy
-            if msg.encoding not in _COLOUR and not (arr.ndim == 2 and arr.dtype == np.uint8):
+            if msg.encoding not in COLOUR_ENCODINGS and not (arr.ndim == 2 and arr.dtype == np.uint8):
                 raise ImageError(f"unsupported encoding {msg.encoding!r} for filtering "
                                  f"(8-bit colour or mono images only)")
             hw = (int(msg.height), int(msg.width))
@@ -304,8 +337,6 @@ class PerceptionNode(LifecycleNode):
                     if state is not None and state.mask.shape != hw:
                         raise ImageError(f"image size changed from {state.mask.shape[1]}x{state.mask.shape[0]} "
                                          f"to {hw[1]}x{hw[0]} while tracking; waiting for a new subtask")
-                    cam.latest = (arr, msg.encoding)  # the worker propagates the newest frame
-                    cam.cond.notify()
             else:
                 state = self._process(cam, arr, msg.encoding, hw)
         except (ImageConversionError, ImageError, BoxError, SegmenterError, ValueError) as exc:
@@ -316,12 +347,18 @@ class PerceptionNode(LifecycleNode):
             return
         cam.frames += 1
         self._publish(cam, msg, arr, state)
+        if self._pipelined:
+            # Only now wake the worker for this frame: on a machine with few cores it would
+            # otherwise take the CPU from the publish.
+            with cam.cond:
+                cam.latest = (arr, msg.encoding)  # the worker propagates the newest frame
+                cam.cond.notify()
         if cam.error_code in (PerceptionStatus.ERROR_STALE_INPUT, PerceptionStatus.ERROR_BAD_IMAGE):
             cam.error_code, cam.error_msg = PerceptionStatus.ERROR_NONE, ""
 
     def _process(self, cam: _Camera, arr: np.ndarray, encoding: str, hw: tuple[int, int]) -> _MaskState | None:
         """Start tracking on new boxes or propagate the mask to this frame; the mask to apply."""
-        rgb = _to_rgb(arr, encoding)
+        rgb = to_rgb(arr, encoding)
         with cam.lock:
             pending, cam.pending_boxes = cam.pending_boxes, None
             if cam.shape is not None and cam.shape != hw and cam.active and pending is None:
@@ -338,6 +375,40 @@ class PerceptionNode(LifecycleNode):
             dilate = self.p["pipeline_dilate_px"] if self._pipelined else 0
             return _mask_state(mask, 1 if arr.ndim == 2 else arr.shape[2], dilate)
 
+    def _process_remote(self, cam: _Camera, arr: np.ndarray, encoding: str,
+                        hw: tuple[int, int]) -> _MaskState | None:
+        """:meth:`_process` with the propagator in the camera's child process."""
+        assert cam.remote is not None
+        with cam.lock:
+            pending, cam.pending_boxes = cam.pending_boxes, None
+            if cam.shape is not None and cam.shape != hw and cam.active and pending is None:
+                raise ImageError(f"image size changed from {cam.shape[1]}x{cam.shape[0]} to "
+                                 f"{hw[1]}x{hw[0]} while tracking; waiting for a new subtask")
+            cam.shape = hw
+        boxes = None
+        if pending is not None:
+            cam.active = False
+            boxes = []
+            rejected = False
+            if pending:
+                check = check_boxes(list(pending), (*hw, 3), max_boxes=self.p["max_boxes"])
+                if check.rejected:
+                    rejected = True
+                    self._report(cam, PerceptionStatus.ERROR_BAD_BOXES, check.error_text)
+                boxes = check.accepted
+            if not rejected:
+                cam.error_code, cam.error_msg = PerceptionStatus.ERROR_NONE, ""
+        elif not cam.active:
+            return None
+        result = cam.remote.process(arr, encoding, boxes)
+        if result.segment_ms is not None:
+            cam.active = True
+            self.get_logger().info(f"{cam.name}: segmented {len(boxes or [])} box(es) in "
+                                   f"{result.segment_ms:.0f} ms (propagation worker pid {cam.remote.pid})")
+        if result.mask is None:
+            return None
+        return _mask_state(result.mask, 1 if arr.ndim == 2 else arr.shape[2], self.p["pipeline_dilate_px"])
+
     def _worker(self, cam: _Camera) -> None:
         """Pipelined mode: propagate the newest frame of one camera, publish nothing."""
         while True:
@@ -349,14 +420,36 @@ class PerceptionNode(LifecycleNode):
                 assert cam.latest is not None
                 (arr, encoding), cam.latest = cam.latest, None
             try:
-                state = self._process(cam, arr, encoding, arr.shape[:2])
+                if cam.remote is not None:
+                    state = self._process_remote(cam, arr, encoding, arr.shape[:2])
+                else:
+                    state = self._process(cam, arr, encoding, arr.shape[:2])
                 with cam.cond:
                     if cam.pending_boxes is None:  # else a newer subtask decides
                         cam.state = state
+            except WorkerDied as exc:
+                self._restart_worker(cam, exc)
             except (ImageConversionError, ImageError, BoxError, SegmenterError, ValueError) as exc:
                 self._report(cam, _error_code(exc), str(exc))
             except Exception as exc:  # keep the worker alive: report and go on with the next frame
                 self._report_bug(cam, exc)
+
+    def _restart_worker(self, cam: _Camera, exc: WorkerDied) -> None:
+        """A dead propagation process: report it, stop masking, start a new one (tracking resumes
+        with the next subtask's boxes)."""
+        with cam.cond:
+            cam.state = None
+        cam.active = False
+        self._report(cam, PerceptionStatus.ERROR_SEGMENTER_FAILED, f"{exc}; masking stops until the next subtask")
+        if cam.remote is not None:
+            cam.remote.close(timeout_s=1.0)
+        try:
+            cam.remote = self._new_worker(cam.name)
+            self.get_logger().warning(f"{cam.name}: propagation worker restarted (pid {cam.remote.pid})")
+        except SegmenterError as again:
+            cam.remote = None  # propagate in this process from now on
+            self._report(cam, PerceptionStatus.ERROR_SEGMENTER_FAILED,
+                         f"propagation worker cannot restart ({again}); propagating in-process")
 
     def _publish(self, cam: _Camera, msg: Image, arr: np.ndarray, state: _MaskState | None) -> None:
         """Publish the filtered frame (and mask): one pass over the pixels into a reused buffer."""
@@ -437,9 +530,9 @@ class PerceptionNode(LifecycleNode):
             return resp
         try:
             arr = from_image_msg(req.image)
-            if req.image.encoding not in _COLOUR and not (arr.ndim == 2 and arr.dtype == np.uint8):
+            if req.image.encoding not in COLOUR_ENCODINGS and not (arr.ndim == 2 and arr.dtype == np.uint8):
                 raise ImageError(f"unsupported encoding {req.image.encoding!r} (8-bit colour or mono only)")
-            rgb = _to_rgb(arr, req.image.encoding)
+            rgb = to_rgb(arr, req.image.encoding)
             check = check_boxes(list(req.boxes), rgb.shape, max_boxes=self.p["max_boxes"])
             accepted = [req.boxes[i] for i in check.accepted_index]
             mask = np.zeros(rgb.shape[:2], bool)
@@ -495,23 +588,13 @@ class PerceptionNode(LifecycleNode):
         s.camera = cam.name
         s.stale = bool(stale) if stale is not None else cam.error_code == PerceptionStatus.ERROR_STALE_INPUT
         s.frames_processed = cam.frames
-        st = cam.propagator.stats
+        st = cam.stats
         s.reinitializations = st.reinitializations + st.reacquisitions
         s.mask_fraction = cam.mask_fraction
         s.drift = float(st.drift)
         s.error_code = cam.error_code
         s.error_msg = cam.error_msg
         self._pubs["status"].publish(s)
-
-
-def _to_rgb(arr: np.ndarray, encoding: str) -> np.ndarray:
-    if arr.ndim == 2:
-        return np.ascontiguousarray(np.repeat(arr[..., None], 3, axis=2))
-    rgb = arr[..., :3]
-    order = _COLOUR.get(encoding)
-    if order is not None:
-        rgb = rgb[..., list(order)]
-    return np.ascontiguousarray(rgb)
 
 
 def _error_code(exc: Exception) -> int:
