@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import array
 import functools
+import os
 import sys
 import threading
 import time
@@ -97,6 +98,8 @@ def _params() -> list[ParamSpec]:
                   "(a crash of the segmenter's native code then costs the masks of one subtask, not the node; "
                   "the worker is restarted; a SAM-family model is loaded once more per camera); false: in a "
                   "thread of this process", read_only=True),
+        ParamSpec("propagation.nice", 10, "pipelined mode: how much lower the propagation's CPU priority is "
+                  "than the image path's (0-19; the thread, or the child process)", min=0, max=19, read_only=True),
         ParamSpec("pipeline_dilate_px", 0, "pipelined mode: grow the mask by this many pixels to cover "
                   "the motion of one frame (more coverage of a moving object, lower IoU)", min=0, max=50,
                   read_only=True),
@@ -247,7 +250,8 @@ class PerceptionNode(LifecycleNode):
     def _new_worker(self, camera: str) -> PropagationWorker:
         assert self._worker_args is not None
         backend, kwargs, config = self._worker_args
-        return PropagationWorker(backend, kwargs, config, name=f"hvla-propagation-{camera}")
+        return PropagationWorker(backend, kwargs, config, name=f"hvla-propagation-{camera}",
+                                 nice=self.p["propagation.nice"])
 
     def _close_remotes(self) -> None:
         for cam in self._cams.values():
@@ -411,6 +415,7 @@ class PerceptionNode(LifecycleNode):
 
     def _worker(self, cam: _Camera) -> None:
         """Pipelined mode: propagate the newest frame of one camera, publish nothing."""
+        _lower_priority(self.p["propagation.nice"])
         while True:
             with cam.cond:
                 while cam.latest is None and not cam.stop:
@@ -595,6 +600,17 @@ class PerceptionNode(LifecycleNode):
         s.error_code = cam.error_code
         s.error_msg = cam.error_msg
         self._pubs["status"].publish(s)
+
+
+def _lower_priority(nice: int) -> None:
+    """Lower the CPU priority of the calling thread (Linux: a thread has its own nice value)."""
+    if nice <= 0 or not hasattr(os, "setpriority"):
+        return
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + nice))
+    except OSError:
+        pass  # not permitted here: run at the process's priority
 
 
 def _error_code(exc: Exception) -> int:

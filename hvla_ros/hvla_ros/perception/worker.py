@@ -1,11 +1,11 @@
 """Mask propagation in a child process (plain Python, no rclpy).
 
-A :class:`MaskPropagator` does a few milliseconds of Python work per frame. Run in a thread of
-the process that also forwards camera frames, that work holds the GIL while a frame waits to be
-published: on a 2-core machine it raised the perception node's added latency from p99 3.3-3.6 ms
-(no propagation) to 4.8-5.1 ms. :class:`PropagationWorker` moves the propagator, and its
-segmenter, into a child process; the caller's thread only writes the frame to a pipe and reads
-the mask back (both release the GIL).
+:class:`PropagationWorker` runs a :class:`MaskPropagator` and its segmenter in a child process
+(``spawn``), one frame at a time over a pipe. What it buys is isolation: a crash in a segmenter's
+native code (a SAM-family model, OpenCV) ends the child, not the node that forwards the camera
+frames, and the child can run at a lower CPU priority. It does not buy latency: on a 2-core machine
+the perception node's added latency was the same with propagation in a thread or in a child
+(p99 4.5-4.7 ms over 900 frames each; ``benchmarks/bench_transport.py``).
 
     worker = PropagationWorker("classical", {}, PropagationConfig())
     result = worker.process(frame, "rgb8", boxes=[Box(...)])   # new boxes: segment this frame
@@ -70,17 +70,18 @@ class PropagationWorker:
     """A :class:`MaskPropagator` served by a child process (``spawn``), one frame at a time.
 
     ``segmenter_kwargs`` go to :func:`make_segmenter` in the child (a SAM-family model is loaded
-    there, once per worker). Construction waits until the child has built its segmenter and
-    raises :class:`SegmenterError` with the child's reason if it could not. Thread-safe.
+    there, once per worker); ``nice`` lowers the child's CPU priority. Construction waits until
+    the child has built its segmenter and raises :class:`SegmenterError` with the child's reason
+    if it could not. Thread-safe.
     """
 
     def __init__(self, backend: str, segmenter_kwargs: dict[str, Any], config: PropagationConfig | None = None,
-                 *, name: str = "hvla-propagation", start_timeout_s: float = 300.0,
+                 *, name: str = "hvla-propagation", nice: int = 0, start_timeout_s: float = 300.0,
                  answer_timeout_s: float = 60.0) -> None:
         ctx = mp.get_context("spawn")  # never fork a process that runs DDS threads
         self._conn, child = ctx.Pipe(duplex=True)
         self._proc = ctx.Process(target=_serve, args=(child, backend, dict(segmenter_kwargs),
-                                                      config or PropagationConfig()),
+                                                      config or PropagationConfig(), nice),
                                  name=name, daemon=True)
         self._lock = threading.Lock()
         self._answer_timeout_s = answer_timeout_s
@@ -149,11 +150,19 @@ class PropagationWorker:
         self._conn.close()
 
 
-def _serve(conn: Connection, backend: str, segmenter_kwargs: dict[str, Any], config: PropagationConfig) -> None:
+def _serve(conn: Connection, backend: str, segmenter_kwargs: dict[str, Any], config: PropagationConfig,
+           nice: int = 0) -> None:
     """The child: answer frames until told to stop or the parent goes away."""
+    import os
+
     import cv2
 
     cv2.setNumThreads(1)  # one frame at a time; leave the other cores to the graph
+    if nice > 0 and hasattr(os, "nice"):
+        try:
+            os.nice(nice)  # below the image path's priority
+        except OSError:
+            pass
     try:
         prop = MaskPropagator(make_segmenter(backend, **segmenter_kwargs), config)
     except Exception as exc:  # report why, the parent raises it
