@@ -83,7 +83,9 @@ if ! stamp_ok deps "$deps_hash"; then
     | grep -v -e '^WARNING: Location' -e 'which is incompatible' -e 'dependency conflicts' -e "^lerobot " || true
   "$PY" -m pip install "${PIP_FLAGS[@]}" --no-deps -r "$REQ/no-deps.txt" 2>&1 \
     | grep -v -e '^WARNING: Location' -e 'which is incompatible' -e 'dependency conflicts' -e "^lerobot " || true
-  "$PY" -c "import rclpy, torch, mujoco, cv2, numpy, yaml, rosbags" \
+  SAM2_BUILD_CUDA=0 "$PY" -m pip install "${PIP_FLAGS[@]}" --no-build-isolation -c "$REQ/constraints.txt" \
+    -r "$REQ/no-build-isolation.txt" 2>&1 | grep -v -e '^WARNING: Location' || true
+  "$PY" -c "import rclpy, torch, mujoco, cv2, numpy, yaml, rosbags, sam2" \
     || die "Python packages did not install correctly (see pip output above)"
   stamp_set deps "$deps_hash"
 fi

@@ -81,7 +81,8 @@ def _classify() -> tuple[dict[str, list[str]], dict[str, list[str]], dict[str, s
 
 def test_python_imports_are_required_and_pinned() -> None:
     _, python, imports = _classify()
-    required = _requirement_names(REQ / "runtime.txt") | _requirement_names(REQ / "no-deps.txt")
+    required = (_requirement_names(REQ / "runtime.txt") | _requirement_names(REQ / "no-deps.txt")
+                | _requirement_names(REQ / "no-build-isolation.txt"))
     pins = _pins(REQ / "constraints.txt") | _pins(REQ / "no-deps.txt")
     optional = _requirement_names(REQ / "optional.txt")
     problems = []
@@ -110,7 +111,8 @@ def test_ros_imports_are_declared_in_package_xml() -> None:
 
 def test_every_runtime_requirement_is_pinned() -> None:
     pins = _pins(REQ / "constraints.txt")
-    unpinned = sorted(_requirement_names(REQ / "runtime.txt") - set(pins))
+    unpinned = sorted((_requirement_names(REQ / "runtime.txt") | _requirement_names(REQ / "no-build-isolation.txt"))
+                      - set(pins))
     assert not unpinned, f"requirements without an exact pin in constraints.txt: {unpinned}"
     assert pins.get("torch") == "2.13.0", "torch must stay pinned to the CPU build's version"
 
@@ -118,7 +120,7 @@ def test_every_runtime_requirement_is_pinned() -> None:
 def test_dockerfile_uses_the_same_requirement_files() -> None:
     dockerfile = (REPO / "docker" / "Dockerfile").read_text()
     assert dockerfile.startswith("#") and "FROM ros:jazzy" in dockerfile
-    for name in ("constraints.txt", "runtime.txt", "no-deps.txt"):
+    for name in ("constraints.txt", "runtime.txt", "no-deps.txt", "no-build-isolation.txt"):
         assert f"requirements/{name}" in dockerfile, f"Dockerfile does not use requirements/{name}"
     assert "rosdep install" in dockerfile and "colcon build" in dockerfile
     assert "bringup.launch.py" in dockerfile
@@ -126,5 +128,6 @@ def test_dockerfile_uses_the_same_requirement_files() -> None:
 
 def test_setup_script_uses_the_same_requirement_files() -> None:
     script = (REPO / "scripts" / "setup.sh").read_text()
-    for name in ("constraints.txt", "runtime.txt", "no-deps.txt", "ros-jazzy.txt", "dev.txt"):
+    for name in ("constraints.txt", "runtime.txt", "no-deps.txt", "no-build-isolation.txt", "ros-jazzy.txt",
+                 "dev.txt"):
         assert name in script, f"scripts/setup.sh does not use requirements/{name}"

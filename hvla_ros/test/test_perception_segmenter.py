@@ -159,6 +159,9 @@ def test_unknown_backend_and_missing_packages_are_named():
     except ImportError:
         with pytest.raises(SegmenterError, match="needs the Python package sam2"):
             make_segmenter("sam2")
+    else:
+        with pytest.raises(SegmenterError, match=r"unknown sam2 model_type 'no_such\.yaml'"):
+            make_segmenter("sam2", model_type="no_such.yaml")
     try:
         import segment_anything  # noqa: F401
     except ImportError:
@@ -171,17 +174,20 @@ def test_unknown_backend_and_missing_packages_are_named():
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("backend", "module"), [("mobile_sam", "mobile_sam"),
-                                                 ("efficientvit_sam", "efficientsam")])
+                                                 ("efficientvit_sam", "efficientsam"), ("sam2", "sam2")])
 def test_sam_family_backend_roundtrips_a_checkpoint_and_segments(tmp_path, backend, module):
-    torch = pytest.importorskip("torch")
+    pytest.importorskip("torch")
+    from hvla_ros.perception.sam_backends import _import_torch_stack, build_model
+
+    torch = _import_torch_stack()  # before the package: CPU torch + PyPI torchvision (see there)
     pytest.importorskip(module)
-    from hvla_ros.perception.sam_backends import build_model
 
     torch.manual_seed(0)
     torch.set_num_threads(2)
     model = build_model(backend)  # random weights: no downloads
     ckpt = tmp_path / "weights.pt"
-    torch.save(model.state_dict(), ckpt)
+    # SAM 2's released checkpoints wrap the state dict as {"model": ...}; the others are bare
+    torch.save({"model": model.state_dict()} if backend == "sam2" else model.state_dict(), ckpt)
     seg = make_segmenter(backend, checkpoint=str(ckpt))
     loaded = seg.model.state_dict()  # type: ignore[attr-defined]
     key = next(iter(model.state_dict()))

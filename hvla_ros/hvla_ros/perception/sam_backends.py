@@ -86,10 +86,14 @@ def build_model(backend: str, model_type: str = "", checkpoint: str | Path = "")
             raise SegmenterError(f"unknown efficientvit_sam model_type {model_type!r}; "
                                  f"choose one of {sorted(REGISTERED_EFFICIENTVIT_SAM_MODEL)}")
         model = create_efficientvit_sam_model(model_type, pretrained=False)
-    else:  # sam2: Hydra config name + checkpoint {"model": state_dict}
+    else:  # sam2: Hydra config name; checkpoints hold {"model": state_dict} (loaded below)
         from sam2.build_sam import build_sam2
 
-        return build_sam2(model_type, ckpt or None, device="cpu")
+        try:
+            model = build_sam2(model_type, None, device="cpu", mode="eval")
+        except Exception as exc:  # Hydra's MissingConfigException and friends
+            raise SegmenterError(f"unknown sam2 model_type {model_type!r} (a config of the sam2 package, "
+                                 f"e.g. {DEFAULT_MODEL_TYPE['sam2']!r}): {str(exc).splitlines()[0]}") from exc
     if ckpt:
         state = torch.load(ckpt, map_location="cpu", weights_only=True)
         if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
