@@ -173,7 +173,7 @@ def test_unknown_backend_and_missing_packages_are_named():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("backend", "module"), [("mobile_sam", "mobile_sam"),
+@pytest.mark.parametrize(("backend", "module"), [("sam", "segment_anything"), ("mobile_sam", "mobile_sam"),
                                                  ("efficientvit_sam", "efficientsam"), ("sam2", "sam2")])
 def test_sam_family_backend_roundtrips_a_checkpoint_and_segments(tmp_path, backend, module):
     pytest.importorskip("torch")
