@@ -360,15 +360,22 @@ class PerceptionNode(LifecycleNode):
         if cam.error_code in (PerceptionStatus.ERROR_STALE_INPUT, PerceptionStatus.ERROR_BAD_IMAGE):
             cam.error_code, cam.error_msg = PerceptionStatus.ERROR_NONE, ""
 
+    @staticmethod
+    def _take_pending(cam: _Camera, hw: tuple[int, int]) -> list[PixelBox] | None:
+        """The boxes of a new subtask waiting for this frame, if any (caller holds ``cam.lock``);
+        a frame of another size while tracking is an error."""
+        pending, cam.pending_boxes = cam.pending_boxes, None
+        if cam.shape is not None and cam.shape != hw and cam.active and pending is None:
+            raise ImageError(f"image size changed from {cam.shape[1]}x{cam.shape[0]} to "
+                             f"{hw[1]}x{hw[0]} while tracking; waiting for a new subtask")
+        cam.shape = hw
+        return pending
+
     def _process(self, cam: _Camera, arr: np.ndarray, encoding: str, hw: tuple[int, int]) -> _MaskState | None:
         """Start tracking on new boxes or propagate the mask to this frame; the mask to apply."""
         rgb = to_rgb(arr, encoding)
         with cam.lock:
-            pending, cam.pending_boxes = cam.pending_boxes, None
-            if cam.shape is not None and cam.shape != hw and cam.active and pending is None:
-                raise ImageError(f"image size changed from {cam.shape[1]}x{cam.shape[0]} to "
-                                 f"{hw[1]}x{hw[0]} while tracking; waiting for a new subtask")
-            cam.shape = hw
+            pending = self._take_pending(cam, hw)
             if pending is not None:
                 self._start_tracking(cam, rgb, pending)
             if not cam.active:
@@ -384,11 +391,7 @@ class PerceptionNode(LifecycleNode):
         """:meth:`_process` with the propagator in the camera's child process."""
         assert cam.remote is not None
         with cam.lock:
-            pending, cam.pending_boxes = cam.pending_boxes, None
-            if cam.shape is not None and cam.shape != hw and cam.active and pending is None:
-                raise ImageError(f"image size changed from {cam.shape[1]}x{cam.shape[0]} to "
-                                 f"{hw[1]}x{hw[0]} while tracking; waiting for a new subtask")
-            cam.shape = hw
+            pending = self._take_pending(cam, hw)
         boxes = None
         if pending is not None:
             cam.active = False
