@@ -100,7 +100,7 @@ def _params() -> list[ParamSpec]:
                   "thread of this process", read_only=True),
         ParamSpec("propagation.nice", 10, "pipelined mode: how much lower the propagation's CPU priority is "
                   "than the image path's (0-19; the thread, or the child process)", min=0, max=19, read_only=True),
-        ParamSpec("pipeline_dilate_px", 0, "pipelined mode: grow the mask by this many pixels to cover "
+        ParamSpec("pipeline_dilate_px", 2, "pipelined mode: grow the mask by this many pixels to cover "
                   "the motion of one frame (more coverage of a moving object, lower IoU)", min=0, max=50,
                   read_only=True),
         ParamSpec("autostart", True, "configure and activate at start (no lifecycle manager needed)",
