@@ -73,7 +73,7 @@ class ManagedGraph:
         from rclpy.executors import MultiThreadedExecutor
 
         from hvla_ros.operator import KeyFrameRecorder, OperatorClient
-        from hvla_ros.runner import GraphRunner, LifecycleError, LifecycleManager, NodeDiedError
+        from hvla_ros.runner import GraphRunner, LifecycleError, LifecycleManager, NodeDiedError, tail
 
         # Ctrl-C and SIGTERM (kill, systemd, a container stop) both end the goal and the graph cleanly.
         previous = {sig: signal.signal(sig, lambda *_: self._interrupted.set())
@@ -126,6 +126,8 @@ class ManagedGraph:
             code = 3
         except LifecycleError as exc:
             print(f"[hvla] error: {exc} (logs in {self.run_dir / 'logs'})", flush=True)
+            if exc.node is not None and runner is not None:
+                print(f"[hvla] last lines of {exc.node}'s log:\n{tail(runner.log_path(exc.node))}", flush=True)
             code = 3
         finally:
             try:  # while the operator node still spins, so the nodes' replies are received

@@ -38,7 +38,11 @@ class NodeDiedError(RuntimeError):
 
 
 class LifecycleError(RuntimeError):
-    """A lifecycle transition failed or timed out."""
+    """A lifecycle transition failed or timed out; ``node`` names the node when one is to blame."""
+
+    def __init__(self, message: str, node: str | None = None) -> None:
+        super().__init__(message)
+        self.node = node
 
 
 def executable_path(spec: NodeSpec) -> str:
@@ -80,7 +84,8 @@ class _Proc:
     log_file: IO[bytes] = field(repr=False)
 
 
-def _tail(path: Path, lines: int = 25) -> str:
+def tail(path: Path, lines: int = 25) -> str:
+    """The last ``lines`` lines of a log file (a note when it cannot be read)."""
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
@@ -117,7 +122,7 @@ class GraphRunner:
             code = p.popen.poll()
             if code is not None:
                 p.log_file.flush()
-                raise NodeDiedError(p.spec.name, code, _tail(p.log_path))
+                raise NodeDiedError(p.spec.name, code, tail(p.log_path))
 
     def log_path(self, name: str) -> Path:
         for p in self._procs:
@@ -229,7 +234,7 @@ class LifecycleManager:
         request = ChangeState.Request(transition=Transition(id=transition_id))
         response = self._call(self._change[name], request, timeout, f"{label} of '{name}'")
         if not response.success:
-            raise LifecycleError(f"{label} of node '{name}' failed (see its log)")
+            raise LifecycleError(f"{label} of node '{name}' failed (see its log)", node=name)
 
     def startup(self, timeout: float = 120.0, alive_check: Any = None) -> None:
         from lifecycle_msgs.msg import Transition
@@ -246,7 +251,10 @@ class LifecycleManager:
                 self.transition(name, Transition.TRANSITION_ACTIVATE, "activate", timeout)
             state = self.state(name, timeout)
             if state != "active":
-                raise LifecycleError(f"node '{name}' is {state!r} after startup, expected 'active'")
+                # rclpy answers a transition whose callback raised (or returned ERROR) with
+                # success after its error handling put the node back to 'unconfigured'.
+                raise LifecycleError(f"node '{name}' is {state!r} after startup, expected 'active' "
+                                     f"(its configure/activate callback raised an error)", node=name)
 
     def shutdown(self, timeout: float = 5.0) -> None:
         """Best effort: deactivate and clean up in reverse order (errors are logged, not raised)."""

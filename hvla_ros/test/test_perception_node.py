@@ -216,3 +216,82 @@ def test_node_mask_follows_moving_object(rclpy_context, pipelined, process):
         ex.shutdown()
         node.destroy_node()
         print(procs.stop(proc)[-4000:])  # shown by pytest when the test fails
+
+
+def _worker_pids(proc) -> list[int]:
+    """Propagation worker pids the node logged (``... (propagation worker pid N)``)."""
+    import re
+
+    return [int(m) for m in re.findall(r"propagation worker (?:pid |restarted \(pid )(\d+)", procs.output(proc))]
+
+
+def test_killed_propagation_process_is_reported_restarted_and_frames_keep_flowing(rclpy_context):
+    """propagation.process: the child dies -> status says so, the frames keep coming (unmasked),
+    a new worker is started and the next subtask's boxes are masked again."""
+    import signal
+
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.node import Node
+    from sensor_msgs.msg import Image
+
+    from hvla_interfaces.msg import PerceptionStatus, PixelBox, Subtask
+    from hvla_ros import topics
+    from hvla_ros.rosutil.images import from_image_msg, to_image_msg
+    from hvla_ros.rosutil.qos import IMAGE_QOS, LATCHED_QOS, STATE_QOS
+
+    cmd = [sys.executable, "-m", "hvla_ros.nodes.perception_node", "--ros-args", "-p", "cameras:=[front]",
+           "-p", "propagation.process:=true", "-p", "status_period_s:=0.1", "-p", "fill:=zero"]
+    proc = procs.spawn(cmd, env=dict(os.environ))
+    node = Node("perception_worker_test", context=rclpy_context)
+    ex = SingleThreadedExecutor(context=rclpy_context)
+    ex.add_node(node)
+    filtered: list[Image] = []
+    statuses: list[PerceptionStatus] = []
+    node.create_subscription(Image, topics.filtered_image("front"), filtered.append, IMAGE_QOS)
+    node.create_subscription(PerceptionStatus, topics.PERCEPTION_STATUS, statuses.append, STATE_QOS)
+    img_pub = node.create_publisher(Image, topics.camera_image("front"), IMAGE_QOS)
+    sub_pub = node.create_publisher(Subtask, topics.CURRENT_SUBTASK, LATCHED_QOS)
+    frame = to_image_msg(_scene(), "rgb8")
+
+    def spin_until(cond: Callable[[], bool], timeout: float) -> bool:
+        end, last = time.monotonic() + timeout, 0.0
+        while time.monotonic() < end:
+            assert proc.poll() is None, "perception_node exited"
+            if time.monotonic() - last > 0.05:
+                img_pub.publish(frame)
+                last = time.monotonic()
+            ex.spin_once(timeout_sec=0.02)
+            if cond():
+                return True
+        return False
+
+    def masked() -> bool:
+        return bool(filtered) and from_image_msg(filtered[-1])[45, 55].sum() == 0
+
+    def subtask(attempt: int) -> None:
+        sub = Subtask(episode_id="e3", subtask_id=0, attempt=attempt, instruction="pick up the blue cube")
+        sub.distractor_boxes = [PixelBox(camera="front", label="red cube", x_min=36.0, y_min=26.0,
+                                         x_max=74.0, y_max=64.0)]
+        sub_pub.publish(sub)
+
+    try:
+        subtask(1)
+        assert spin_until(masked, 40.0), "never masked"
+        workers = _worker_pids(proc)
+        assert len(workers) == 1, f"expected one propagation process, found {workers}"
+        os.kill(workers[0], signal.SIGKILL)
+        statuses.clear()
+        assert spin_until(lambda: any(s.error_code == PerceptionStatus.ERROR_SEGMENTER_FAILED
+                                      and "ended" in s.error_msg for s in statuses), 20.0), \
+            "the dead worker was not reported"
+        n = len(filtered)
+        assert spin_until(lambda: len(filtered) > n + 5 and not masked(), 10.0), \
+            "frames must keep flowing (unmasked) after the worker died"
+        assert spin_until(lambda: len(set(_worker_pids(proc)) - set(workers)) == 1, 20.0), \
+            "no new propagation process"
+        subtask(2)
+        assert spin_until(masked, 30.0), "the next subtask was not masked by the new worker"
+    finally:
+        ex.shutdown()
+        node.destroy_node()
+        print(procs.stop(proc)[-4000:])  # shown by pytest when the test fails
