@@ -6,8 +6,8 @@ the arm) from the ground-truth segmentation, with a margin as a planner's box wo
 2. propagate the masks while the scripted expert moves the arm for 90 frames (30 Hz), both
    cameras -> IoU at the last frame (goal: >= 0.7), re-segmentations counted;
 3. perception_node's pipelined mode applies the mask of the previous frame, dilated by
-   ``--lag-dilate`` px: the IoU of that mask with the last frame's ground truth, for 0 px and the
-   chosen dilation (the node's default is 2 px) (the cost of publishing without waiting for propagation).
+   ``--lag-dilate`` px (the node's default: 2): the IoU of that mask with the last frame's ground
+   truth, for 0 px and the chosen dilation (the cost of publishing without waiting for propagation).
 
     .venv/bin/python benchmarks/bench_perception_quality.py [--quick]
 """

@@ -25,6 +25,23 @@ def _scene() -> np.ndarray:
     return img
 
 
+def _spin_until(ex, proc, cond: Callable[[], bool], timeout: float,
+                publish: Callable[[], None] | None = None) -> bool:
+    """Spin ``ex`` until ``cond()`` holds (False after ``timeout`` s), calling ``publish`` every
+    50 ms; fails the test with the node's output if its process exits."""
+    end, last = time.monotonic() + timeout, 0.0
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            pytest.fail(f"perception_node exited with {proc.returncode}:\n{procs.output(proc)}")
+        if publish is not None and time.monotonic() - last > 0.05:
+            publish()
+            last = time.monotonic()
+        ex.spin_once(timeout_sec=0.02)
+        if cond():
+            return True
+    return False
+
+
 @pytest.fixture
 def perception_process():
     env = dict(os.environ)
@@ -63,19 +80,8 @@ def test_node_filters_reports_and_survives_bad_input(rclpy_context, perception_p
     client = node.create_client(Segment, topics.SEGMENT_SERVICE)
 
     def spin_until(cond: Callable[[], bool], timeout: float, publish: Image | None = None) -> bool:
-        end = time.monotonic() + timeout
-        last = 0.0
-        while time.monotonic() < end:
-            if perception_process.poll() is not None:
-                out = procs.output(perception_process)
-                pytest.fail(f"perception_node exited with {perception_process.returncode}:\n{out}")
-            if publish is not None and time.monotonic() - last > 0.05:
-                img_pub.publish(publish)
-                last = time.monotonic()
-            ex.spin_once(timeout_sec=0.02)
-            if cond():
-                return True
-        return False
+        return _spin_until(ex, perception_process, cond, timeout,
+                           None if publish is None else lambda: img_pub.publish(publish))
 
     try:
         scene = _scene()
@@ -254,16 +260,7 @@ def test_killed_propagation_process_is_reported_restarted_and_frames_keep_flowin
     frame = to_image_msg(_scene(), "rgb8")
 
     def spin_until(cond: Callable[[], bool], timeout: float) -> bool:
-        end, last = time.monotonic() + timeout, 0.0
-        while time.monotonic() < end:
-            assert proc.poll() is None, "perception_node exited"
-            if time.monotonic() - last > 0.05:
-                img_pub.publish(frame)
-                last = time.monotonic()
-            ex.spin_once(timeout_sec=0.02)
-            if cond():
-                return True
-        return False
+        return _spin_until(ex, proc, cond, timeout, lambda: img_pub.publish(frame))
 
     def masked() -> bool:
         return bool(filtered) and from_image_msg(filtered[-1])[45, 55].sum() == 0

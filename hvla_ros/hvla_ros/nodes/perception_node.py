@@ -49,6 +49,7 @@ from hvla_ros import topics
 from hvla_ros.perception import (
     BACKENDS,
     FILL_MODES,
+    Box,
     BoxError,
     ImageError,
     MaskPropagator,
@@ -331,9 +332,7 @@ class PerceptionNode(LifecycleNode):
         cam.last_rx = time.monotonic()
         try:
             arr = from_image_msg(msg)  # a view of the received buffer, no copy
-            if msg.encoding not in COLOUR_ENCODINGS and not (arr.ndim == 2 and arr.dtype == np.uint8):
-                raise ImageError(f"unsupported encoding {msg.encoding!r} for filtering "
-                                 f"(8-bit colour or mono images only)")
+            _check_encoding(msg.encoding, arr)
             hw = (int(msg.height), int(msg.width))
             if self._pipelined:
                 with cam.cond:
@@ -392,19 +391,11 @@ class PerceptionNode(LifecycleNode):
         assert cam.remote is not None
         with cam.lock:
             pending = self._take_pending(cam, hw)
-        boxes = None
+        boxes: list[Box] | None = None
+        rejected = False
         if pending is not None:
             cam.active = False
-            boxes = []
-            rejected = False
-            if pending:
-                check = check_boxes(list(pending), (*hw, 3), max_boxes=self.p["max_boxes"])
-                if check.rejected:
-                    rejected = True
-                    self._report(cam, PerceptionStatus.ERROR_BAD_BOXES, check.error_text)
-                boxes = check.accepted
-            if not rejected:
-                cam.error_code, cam.error_msg = PerceptionStatus.ERROR_NONE, ""
+            boxes, rejected = self._accept_boxes(cam, pending, (*hw, 3))
         elif not cam.active:
             return None
         result = cam.remote.process(arr, encoding, boxes)
@@ -412,6 +403,8 @@ class PerceptionNode(LifecycleNode):
             cam.active = True
             self.get_logger().info(f"{cam.name}: segmented {len(boxes or [])} box(es) in "
                                    f"{result.segment_ms:.0f} ms (propagation worker pid {cam.remote.pid})")
+        if pending is not None and not rejected:
+            cam.error_code, cam.error_msg = PerceptionStatus.ERROR_NONE, ""
         if result.mask is None:
             return None
         return _mask_state(result.mask, 1 if arr.ndim == 2 else arr.shape[2], self.p["pipeline_dilate_px"])
@@ -499,22 +492,30 @@ class PerceptionNode(LifecycleNode):
         """Segment the subtask's boxes on this frame (caller holds ``cam.lock``)."""
         cam.active = False
         cam.propagator.reset()
-        if not boxes:
-            cam.error_code, cam.error_msg = PerceptionStatus.ERROR_NONE, ""
-            return
-        check = check_boxes(list(boxes), rgb.shape, max_boxes=self.p["max_boxes"])
-        if check.rejected:
-            self._report(cam, PerceptionStatus.ERROR_BAD_BOXES, check.error_text)
-        if not check.accepted:
+        accepted, rejected = self._accept_boxes(cam, boxes, rgb.shape)
+        if not accepted:
+            if not rejected:  # no distractors: nothing to mask, nothing wrong
+                cam.error_code, cam.error_msg = PerceptionStatus.ERROR_NONE, ""
             return
         with self._seg_lock:
             t0 = time.perf_counter()
-            cam.propagator.initialize(rgb, check.accepted)
+            cam.propagator.initialize(rgb, accepted)
         cam.active = True
-        if not check.rejected:
+        if not rejected:
             cam.error_code, cam.error_msg = PerceptionStatus.ERROR_NONE, ""
-        self.get_logger().info(f"{cam.name}: segmented {len(check.accepted)} box(es) in "
+        self.get_logger().info(f"{cam.name}: segmented {len(accepted)} box(es) in "
                                f"{(time.perf_counter() - t0) * 1e3:.0f} ms")
+
+    def _accept_boxes(self, cam: _Camera, boxes: Sequence[PixelBox],
+                      shape: tuple[int, ...]) -> tuple[list[Box], bool]:
+        """A subtask's boxes clipped to the image, and whether any was rejected (reported on the
+        status topic); more than ``max_boxes`` raises :class:`BoxError`."""
+        if not boxes:
+            return [], False
+        check = check_boxes(list(boxes), shape, max_boxes=self.p["max_boxes"])
+        if check.rejected:
+            self._report(cam, PerceptionStatus.ERROR_BAD_BOXES, check.error_text)
+        return check.accepted, bool(check.rejected)
 
     async def _on_segment(self, req: Segment.Request, resp: Segment.Response) -> Segment.Response:
         """Segment in a thread of its own: the executor thread keeps serving the cameras meanwhile."""
@@ -538,8 +539,7 @@ class PerceptionNode(LifecycleNode):
             return resp
         try:
             arr = from_image_msg(req.image)
-            if req.image.encoding not in COLOUR_ENCODINGS and not (arr.ndim == 2 and arr.dtype == np.uint8):
-                raise ImageError(f"unsupported encoding {req.image.encoding!r} (8-bit colour or mono only)")
+            _check_encoding(req.image.encoding, arr)
             rgb = to_rgb(arr, req.image.encoding)
             check = check_boxes(list(req.boxes), rgb.shape, max_boxes=self.p["max_boxes"])
             accepted = [req.boxes[i] for i in check.accepted_index]
@@ -603,6 +603,12 @@ class PerceptionNode(LifecycleNode):
         s.error_code = cam.error_code
         s.error_msg = cam.error_msg
         self._pubs["status"].publish(s)
+
+
+def _check_encoding(encoding: str, arr: np.ndarray) -> None:
+    """Raise :class:`ImageError` unless the image is 8-bit colour or mono (what can be masked)."""
+    if encoding not in COLOUR_ENCODINGS and not (arr.ndim == 2 and arr.dtype == np.uint8):
+        raise ImageError(f"unsupported encoding {encoding!r} for filtering (8-bit colour or mono images only)")
 
 
 def _lower_priority(nice: int) -> None:
