@@ -96,3 +96,37 @@ def test_no_detach_keeps_its_co_trained_anchor(skill_and_data):
     assert any(not torch.equal(before[k], after[k]) for k in before)
     with pytest.raises(tr.RefinerLoadError, match="missing"):
         tr.load_anchor_weights(policy, root)
+
+
+def test_an_anchor_cache_is_reused_and_gives_the_same_refiner(skill_and_data, caplog):
+    """An ablation sweep runs the frozen anchor once: the second run loads its predictions and
+    trains exactly the refiner an uncached run trains; other inputs get their own cache entry."""
+    import logging
+
+    import torch
+    from safetensors.torch import load_file
+
+    torch.set_num_threads(1)
+    root, ds, pol = skill_and_data
+    cache = root / "anchor_cache"
+    common = ["train-refiner", "--dataset", str(ds), "--skill", "pick", "--policy", str(pol), "--steps", "5",
+              "--batch-size", "8", "--d-model", "32", "--layers", "1", "--val-every", "3", "--threads", "1",
+              "--no-progress"]
+    assert hvla([*common, "--out", str(root / "c_plain")]) == 0
+    assert hvla([*common, "--out", str(root / "c_first"), "--anchor-cache", str(cache)]) == 0
+    files = list(cache.glob("pick-*.pt"))
+    assert len(files) == 1
+    with caplog.at_level(logging.INFO, logger="hvla_ros.refiner.cmd_train"):
+        assert hvla([*common, "--out", str(root / "c_second"), "--anchor-cache", str(cache)]) == 0
+    assert any("anchor predictions from" in r.getMessage() for r in caplog.records)
+    weights = [load_file(str(root / d / "model.safetensors")) for d in ("c_plain", "c_first", "c_second")]
+    for k in weights[0]:
+        assert torch.equal(weights[0][k], weights[1][k]) and torch.equal(weights[0][k], weights[2][k]), k
+    # Another seed is another anchor sample: a new entry, not a wrong reuse.
+    assert hvla([*common, "--out", str(root / "c_seed1"), "--anchor-cache", str(cache), "--seed", "1"]) == 0
+    assert len(list(cache.glob("pick-*.pt"))) == 2
+    # A damaged cache file is recomputed, not trusted.
+    files[0].write_bytes(b"not a cache")
+    assert hvla([*common, "--out", str(root / "c_third"), "--anchor-cache", str(cache)]) == 0
+    third = load_file(str(root / "c_third" / "model.safetensors"))
+    assert all(torch.equal(weights[0][k], third[k]) for k in third)

@@ -42,6 +42,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-episodes", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--anchor-cache", type=Path, default=None, metavar="DIR",
+                   help="keep the frozen anchor's predictions here and reuse them in later runs on the same "
+                        "policy, data and seed (an ablation sweep runs the anchor once)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -84,8 +87,23 @@ def run(args: argparse.Namespace) -> int:
             yield data.sample(idx[s:s + 64], int(cfg.n_obs_steps), int(cfg.horizon))
 
     progress = not args.no_progress
-    train_set = tr.collect(anchor, batches(np.flatnonzero(~val_mask)), progress=progress)
-    val_set = tr.collect(anchor, batches(np.flatnonzero(val_mask)), progress=progress)
+    cache_file, key = None, ""
+    if args.anchor_cache is not None:
+        key = tr.anchor_cache_key({
+            "policy": _digest(Path(args.policy)), "dataset": str(Path(args.dataset).resolve()),
+            "frames": len(data), "pattern": pattern, "max_episodes": args.max_episodes,
+            "val_every": args.val_every, "seed": args.seed, "n_obs_steps": int(cfg.n_obs_steps),
+            "horizon": int(cfg.horizon)})
+        cache_file = args.anchor_cache / f"{args.skill}-{key}.pt"
+    cached = tr.load_anchor_cache(cache_file, key) if cache_file is not None else None
+    if cached is not None:
+        train_set, val_set = cached
+        log.info("anchor predictions from %s", cache_file)
+    else:
+        train_set = tr.collect(anchor, batches(np.flatnonzero(~val_mask)), progress=progress)
+        val_set = tr.collect(anchor, batches(np.flatnonzero(val_mask)), progress=progress)
+        if cache_file is not None:
+            tr.save_anchor_cache(cache_file, key, train_set, val_set)
     scale, center = tr.action_statistics(train_set.target)
     # A flipped gripper decision ramps at the gripper's velocity limit (robot.py) per chunk step.
     robot = next(r for r in ROBOTS.values() if set(joints) <= set(r.joint_names))
@@ -126,3 +144,16 @@ def run(args: argparse.Namespace) -> int:
         tr.save_anchor_weights(anchor.policy_module(), args.out)
     print(json.dumps({"out": str(args.out), "val_metrics": metrics, "compactness": compact}, indent=2))
     return 0
+
+
+def _digest(policy_dir: Path) -> str:
+    """Digest of a policy directory's files (weights and configs): the anchor's identity."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for f in sorted(p for p in policy_dir.rglob("*") if p.is_file() and "training_state" not in p.parts):
+        h.update(str(f.relative_to(policy_dir)).encode())
+        with f.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()

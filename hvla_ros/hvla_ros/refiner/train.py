@@ -10,6 +10,11 @@ Checkpoint layout (:func:`save_refiner` / :func:`load_refiner`)::
     refiner_config.json        RefinerConfig (+ "meta": anchor policy, skill, training record)
     model.safetensors          RefineModel weights
     anchor_policy.safetensors  no_detach only: the co-trained anchor's weights (meta "anchor_weights")
+
+An ablation sweep runs the same frozen anchor over the same frames once per variant; with an
+anchor cache (:func:`save_anchor_cache` / :func:`load_anchor_cache`, ``hvla train-refiner
+--anchor-cache DIR``) it runs once, and the later variants load its predictions, together with
+the torch random state that followed them, so a cached run trains exactly as an uncached one.
 """
 
 from __future__ import annotations
@@ -83,6 +88,44 @@ def collect(anchor: AnchorPolicy, batches: Iterator[dict[str, Tensor]], *, progr
     if not ctx:
         raise ValueError("no batches to collect anchor predictions from")
     return Cached(torch.cat(ctx), torch.cat(anc), torch.cat(tgt))
+
+
+def anchor_cache_key(fields: dict[str, Any]) -> str:
+    """A key for the anchor predictions a training run would compute from ``fields``
+    (policy weights digest, dataset, frame selection, seed, ...): any change gives another key."""
+    import hashlib
+
+    return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+
+def save_anchor_cache(path: Path | str, key: str, train: Cached, val: Cached) -> Path:
+    """Write the frozen anchor's predictions (train and held-out) and the torch RNG state after them."""
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    torch.save({"key": key, "rng_state": torch.get_rng_state(),
+                "train": (train.context, train.anchor, train.target),
+                "val": (val.context, val.anchor, val.target)}, tmp)
+    tmp.replace(out)  # a reader never sees half a file
+    return out
+
+
+def load_anchor_cache(path: Path | str, key: str) -> tuple[Cached, Cached] | None:
+    """The cached predictions for ``key`` (restoring the RNG state saved with them), or None when
+    the file is missing, unreadable or was made for another key (then it is recomputed)."""
+    p = Path(path)
+    if not p.is_file():
+        return None
+    try:
+        doc = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:  # a truncated or foreign file: recompute rather than fail the run
+        log.warning("ignoring anchor cache %s: %s", p, e)
+        return None
+    if doc.get("key") != key:
+        log.warning("ignoring anchor cache %s: made for other inputs (key %s, wanted %s)", p, doc.get("key"), key)
+        return None
+    torch.set_rng_state(doc["rng_state"])
+    return Cached(*doc["train"]), Cached(*doc["val"])
 
 
 def action_statistics(target: Tensor) -> tuple[list[float], list[float]]:
