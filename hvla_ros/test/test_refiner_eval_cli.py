@@ -64,3 +64,21 @@ def test_combine_pools_a_variants_seed_ranges(tmp_path, capsys):
     rows = {ln.split()[0]: ln.split() for ln in capsys.readouterr().out.splitlines() if ln.startswith("  ")}
     assert rows["anchor"][1:4] == ["8", "4", "50.0%"]  # seeds 0-7 pooled; the repeated seeds 0-1 count once
     assert rows["full"][1:5] == ["8", "8", "100.0%", "+50.0"]
+    # Paired over the same seeds: full won the 4 seeds the anchor lost and lost none.
+    assert rows["full"][-2:] == ["4/0", "0.12"]
+
+
+def test_paired_comparison_and_interval():
+    from hvla_ros.refiner.cmd_eval import paired_comparison, wilson_interval
+
+    def eps(wins: set[int], seeds: range = range(10)) -> list[dict]:
+        return [{"seed": s, "success": s in wins} for s in seeds]
+
+    # won 3 (seeds 5-7), lost 1 (seed 0), seeds 8-9 only in one run: not compared
+    assert paired_comparison(eps({0, 1, 2}, range(8)), eps({1, 2, 5, 6, 7, 8, 9})) == (3, 1, 0.625)
+    assert paired_comparison(eps({1}), eps({1})) == (0, 0, 1.0)
+    won, lost, p = paired_comparison(eps(set(), range(12)), eps(set(range(12)), range(12)))
+    assert (won, lost) == (12, 0) and p < 0.001
+    lo, hi = wilson_interval(36, 50)
+    assert 0.58 < lo < 0.59 and 0.82 < hi < 0.84  # 72% of 50
+    assert wilson_interval(0, 0) == (0.0, 1.0)

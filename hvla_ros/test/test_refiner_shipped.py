@@ -1,4 +1,4 @@
-"""The refiner shipped for the default place skill loads and refines that skill's chunks."""
+"""The refiners shipped for the default pick and place skills load and refine those skills' chunks."""
 
 from __future__ import annotations
 
@@ -9,12 +9,16 @@ import pytest
 
 from hvla_ros.robot import GRIPPER_CLOSED, GRIPPER_JOINT, GRIPPER_OPEN, HOME_POSITION
 
-PLACE = "place the red cube in the box"
+INSTRUCTIONS = {"pick": "pick up the red cube", "place": "place the red cube in the box"}
+#: The gripper in a typical chunk of each skill: closing on the cube, releasing it.
+GRIPPER_MOTION = {"pick": (GRIPPER_OPEN, GRIPPER_CLOSED), "place": (GRIPPER_CLOSED, GRIPPER_OPEN)}
+SHIPPED = sorted(INSTRUCTIONS)
 
 
-def test_shipped_place_refiner_loads_and_refines_a_chunk():
-    """Fast path (no LeRobot): the checkpoint fits the shipped place policy's config, and a chunk
-    goes through ChunkRefiner refined, finite and close to the anchor."""
+@pytest.mark.parametrize("skill", SHIPPED)
+def test_shipped_refiner_loads_and_refines_a_chunk(skill):
+    """Fast path (no LeRobot): the checkpoint fits the shipped policy's config, and a chunk goes
+    through ChunkRefiner refined, finite and close to the anchor."""
     import torch
 
     from hvla_ros.executor.library import package_dir
@@ -22,10 +26,10 @@ def test_shipped_place_refiner_loads_and_refines_a_chunk():
     from hvla_ros.refiner.train import load_refiner
 
     torch.set_num_threads(1)
-    model, meta = load_refiner(shipped_refiner_dir() / "place")
+    model, meta = load_refiner(shipped_refiner_dir() / skill)
     cfg = model.cfg
-    policy = json.loads((package_dir() / "skills" / "keypoints" / "place" / "config.json").read_text())
-    assert meta["skill"] == "place" and meta["ablation"] == "full"
+    policy = json.loads((package_dir() / "skills" / "keypoints" / skill / "config.json").read_text())
+    assert meta["skill"] == skill and meta["ablation"] == "full"
     assert cfg.chunk_size == policy["n_action_steps"] and cfg.context_tokens == policy["n_obs_steps"]
     # One context token per observation step: the policy's state + environment-state features.
     assert cfg.context_dim == sum(f["shape"][0] for f in policy["input_features"].values())
@@ -36,12 +40,12 @@ def test_shipped_place_refiner_loads_and_refines_a_chunk():
 
     cr = ChunkRefiner()
     context = torch.zeros(cfg.context_tokens, cfg.context_dim)  # the normalized mean observation
-    cr.add("place", model, lambda start: context)
+    cr.add(skill, model, lambda start: context)
     home = np.array([HOME_POSITION[j] for j in cfg.joint_names])
     positions = np.repeat(home[None], cfg.chunk_size, axis=0)
     g = cfg.joint_names.index(GRIPPER_JOINT)
-    positions[:, g] = np.linspace(GRIPPER_CLOSED, GRIPPER_OPEN, cfg.chunk_size)  # releasing the cube
-    res = cr.refine("place", cfg.joint_names, positions, [GRIPPER_JOINT], 0.0)
+    positions[:, g] = np.linspace(*GRIPPER_MOTION[skill], cfg.chunk_size)
+    res = cr.refine(skill, cfg.joint_names, positions, [GRIPPER_JOINT], 0.0)
     assert res.refined and res.positions.shape == positions.shape and np.all(np.isfinite(res.positions))
     assert np.all((res.gripper_probabilities >= 0) & (res.gripper_probabilities <= 1))
     arm = [i for i in range(len(cfg.joint_names)) if i != g]
@@ -50,7 +54,7 @@ def test_shipped_place_refiner_loads_and_refines_a_chunk():
     # A latency-compensated chunk (extra steps after the policy's chunk): the refiner's steps are
     # refined exactly as alone, the extra ones stay the anchor's.
     longer = np.vstack([positions, np.repeat(positions[-1:], 5, axis=0)])
-    res_long = cr.refine("place", cfg.joint_names, longer, [GRIPPER_JOINT], 0.0)
+    res_long = cr.refine(skill, cfg.joint_names, longer, [GRIPPER_JOINT], 0.0)
     assert res_long.refined and res_long.positions.shape == longer.shape
     np.testing.assert_allclose(res_long.positions[:cfg.chunk_size], res.positions, atol=1e-6)
     np.testing.assert_array_equal(res_long.positions[cfg.chunk_size:], longer[cfg.chunk_size:])
@@ -58,13 +62,13 @@ def test_shipped_place_refiner_loads_and_refines_a_chunk():
 
 
 @pytest.fixture(scope="module")
-def place_skill():
+def library():
     import torch
 
     from hvla_ros.executor.library import SkillLibrary
 
     torch.set_num_threads(1)
-    return SkillLibrary.load(None).get("place")
+    return SkillLibrary.load(None)
 
 
 def _observations(skill, n: int, rng: np.random.Generator):
@@ -85,31 +89,33 @@ def _observations(skill, n: int, rng: np.random.Generator):
     return out
 
 
-def test_shipped_place_refiner_matches_the_shipped_skill_and_refines_its_chunk(place_skill):
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_refiner_matches_the_shipped_skill_and_refines_its_chunk(library, name):
     from hvla_ros.executor.runner import ObservationBuffer, SkillRunner
     from hvla_ros.refiner.anchor import DiffusionAnchor
     from hvla_ros.refiner.runtime import load_chunk_refiner, observation_context_provider, shipped_refiner_dir
     from hvla_ros.refiner.train import load_refiner
 
+    skill = library.get(name)
     root = shipped_refiner_dir()
-    model, meta = load_refiner(root / "place")
-    assert meta["skill"] == "place" and meta["ablation"] == "full"
+    model, meta = load_refiner(root / name)
+    assert meta["skill"] == name and meta["ablation"] == "full"
     cfg = model.cfg
-    anchor = DiffusionAnchor(place_skill.bundle, tuple(place_skill.spec.action_joints))
+    anchor = DiffusionAnchor(skill.bundle, tuple(skill.spec.action_joints))
     # Trained against this skill: same joints, chunk length and encoder context.
-    assert cfg.joint_names == tuple(place_skill.spec.action_joints)
+    assert cfg.joint_names == tuple(skill.spec.action_joints)
     assert cfg.gripper_names == (GRIPPER_JOINT,)
-    assert cfg.chunk_size == place_skill.spec.n_action_steps
+    assert cfg.chunk_size == skill.spec.n_action_steps
     assert (cfg.context_tokens, cfg.context_dim) == (anchor.context_tokens, anchor.context_dim)
 
     buf = ObservationBuffer(maxlen=8)
-    for obs in _observations(place_skill, 2, np.random.default_rng(0)):
+    for obs in _observations(skill, 2, np.random.default_rng(0)):
         buf.add(obs)
-    runner = SkillRunner(place_skill, PLACE, max_obs_age_s=1e9)
+    runner = SkillRunner(skill, INSTRUCTIONS[name], max_obs_age_s=1e9)
     chunk = runner.next_chunk(buf.history(runner.n_obs_steps, runner.step_period), now=buf.history(1, 1.0)[-1].stamp)
-    refiner = load_chunk_refiner(root, {"place": observation_context_provider(place_skill, buf, lambda: PLACE)})
+    refiner = load_chunk_refiner(root, {name: observation_context_provider(skill, buf, lambda: INSTRUCTIONS[name])})
     grip = [GRIPPER_JOINT]
-    res = refiner.refine("place", chunk.joint_names, chunk.positions, grip, chunk.start_time)
+    res = refiner.refine(name, chunk.joint_names, chunk.positions, grip, chunk.start_time)
     assert res.refined and refiner.refined == 1, res.reason
     assert res.positions.shape == chunk.positions.shape and np.all(np.isfinite(res.positions))
     assert np.all((res.gripper_probabilities >= 0) & (res.gripper_probabilities <= 1))
@@ -144,7 +150,7 @@ def test_the_graph_points_the_refiner_at_the_shipped_refiners_for_the_shipped_sk
     params = {n.name: n.parameters for n in build_graph().nodes}["refiner"]
     # refine:=auto (the default): on, since the shipped skills have shipped refiners
     assert params["refiner_dir"] == str(shipped_refiner_dir()) and params["refine"] is True
-    assert (shipped_refiner_dir() / "place").is_dir()
+    assert all((shipped_refiner_dir() / skill).is_dir() for skill in SHIPPED)
     off = {n.name: n.parameters for n in build_graph({"refine": "false"}).nodes}["refiner"]
     assert off["refine"] is False
     # Another skill library: no default (the shipped refiners were trained for the shipped skills),

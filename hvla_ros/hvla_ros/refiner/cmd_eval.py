@@ -22,6 +22,7 @@ import copy
 import functools
 import json
 import logging
+import math
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -275,11 +276,39 @@ def _combine(files: list[Path]) -> int:
     return 0 if tasks else 2
 
 
+def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a success rate ``k / n``."""
+    if n <= 0:
+        return (0.0, 1.0)
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def paired_comparison(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> tuple[int, int, float]:
+    """Seeds ``b`` won and lost against ``a`` (success where the other failed), over the seeds
+    both ran, and the exact two-sided McNemar p-value of that split. Every variant meets the same
+    denoising noise on a seed, so the paired test is the one that fits."""
+    sa = {e["seed"]: bool(e["success"]) for e in a}
+    sb = {e["seed"]: bool(e["success"]) for e in b}
+    common = sa.keys() & sb.keys()
+    won = sum(1 for s in common if sb[s] and not sa[s])
+    lost = sum(1 for s in common if sa[s] and not sb[s])
+    n = won + lost
+    if n == 0:
+        return won, lost, 1.0
+    tail = sum(math.comb(n, i) for i in range(min(won, lost) + 1)) / 2 ** n
+    return won, lost, min(1.0, 2 * tail)
+
+
 def _print_task(task: str, rows: dict[str, Any]) -> None:
     base = rows.get("anchor", {}).get("success")
     full = rows.get("full", {}).get("success")
+    base_eps = rows.get("anchor", {}).get("episodes")
     print(f"\n{task}: success (paper: LIBERO-Long GR-1 deltas in points; full vs anchor, ablations vs full)")
-    print(f"  {'variant':<20}{'seeds':>6}{'succ.':>6}{'success':>9}{'vs anchor':>11}{'vs full':>9}{'paper':>8}")
+    print(f"  {'variant':<20}{'seeds':>6}{'succ.':>6}{'success':>9}{'vs anchor':>11}{'vs full':>9}{'paper':>8}"
+          f"{'95% CI':>14}{'won/lost vs anchor':>20}{'McNemar p':>11}")
     for v, r in rows.items():
         s = r["success"]
         n = r.get("n", len(r.get("episodes", [])))
@@ -287,7 +316,13 @@ def _print_task(task: str, rows: dict[str, Any]) -> None:
         d_anchor = f"{100 * (s - base):+.1f}" if base is not None and v != "anchor" else ""
         d_full = f"{100 * (s - full):+.1f}" if full is not None and v not in ("anchor", "full") else ""
         paper = f"{PAPER_DELTA[v]:+.1f}" if v in PAPER_DELTA else ""
-        print(f"  {v:<20}{n:>6}{k:>6}{100 * s:>8.1f}%{d_anchor:>11}{d_full:>9}{paper:>8}")
+        lo, hi = wilson_interval(k, n)
+        ci = f"{100 * lo:.0f}-{100 * hi:.0f}%"
+        paired, pval = "", ""
+        if base_eps and v != "anchor" and r.get("episodes"):
+            won, lost, p = paired_comparison(base_eps, r["episodes"])
+            paired, pval = f"{won}/{lost}", f"{p:.2f}"
+        print(f"  {v:<20}{n:>6}{k:>6}{100 * s:>8.1f}%{d_anchor:>11}{d_full:>9}{paper:>8}{ci:>14}{paired:>20}{pval:>11}")
     # Residual-target compactness of each refiner's training data (variants trained on the same
     # anchor predictions share it: printed once, with the variants).
     shared: dict[tuple[str, str], list[str]] = {}
