@@ -177,6 +177,10 @@ def _signal_group(popen: subprocess.Popen[bytes], sig: signal.Signals) -> None:
 
 
 # -- lifecycle management ---------------------------------------------------------------------
+#: A get_state request unanswered this long is sent again (it is idempotent).
+STATE_RESEND_S = 10.0
+
+
 class LifecycleManager:
     """Configure and activate lifecycle nodes in order; deactivate and clean up in reverse.
 
@@ -195,26 +199,37 @@ class LifecycleManager:
         #: set while an executor of the caller spins the node: then replies are awaited, not spun for
         self.spun_externally = False
 
-    def _call(self, client: Any, request: Any, timeout: float, what: str) -> Any:
+    def _call(self, client: Any, request: Any, timeout: float, what: str, resend_every: float | None = None) -> Any:
+        """Call a service and wait for the reply. ``resend_every`` (idempotent requests only):
+        send the request again when no reply came within that many seconds, for a request that
+        went out before the server was matched and was lost."""
         import rclpy
 
-        future = client.call_async(request)
-        if self.spun_externally:
-            deadline = time.monotonic() + timeout
-            while not future.done() and time.monotonic() < deadline:
-                time.sleep(0.01)
-        else:
-            rclpy.spin_until_future_complete(self._node, future, timeout_sec=timeout)
-        if not future.done():
-            raise LifecycleError(f"{what}: no response within {timeout:.0f} s")
-        return future.result()
+        deadline = time.monotonic() + timeout
+        while True:
+            future = client.call_async(request)
+            wait = deadline - time.monotonic()
+            if resend_every is not None:
+                wait = min(wait, resend_every)
+            if self.spun_externally:
+                end = time.monotonic() + max(wait, 0.0)
+                while not future.done() and time.monotonic() < end:
+                    time.sleep(0.01)
+            else:
+                rclpy.spin_until_future_complete(self._node, future, timeout_sec=max(wait, 0.0))
+            if future.done():
+                return future.result()
+            if resend_every is None or time.monotonic() >= deadline:
+                raise LifecycleError(f"{what}: no response within {timeout:.0f} s")
+            log.warning("%s: no response within %.0f s; asking again", what, resend_every)
 
     def wait_for_services(self, timeout: float, alive_check: Any = None) -> None:
         import rclpy
 
         deadline = time.monotonic() + timeout
         for name in self._names:
-            while not self._change[name].service_is_ready():
+            # Both services: a request sent before its server is matched is lost, not queued.
+            while not (self._change[name].service_is_ready() and self._get[name].service_is_ready()):
                 if alive_check is not None:
                     alive_check()
                 if time.monotonic() > deadline:
@@ -224,8 +239,8 @@ class LifecycleManager:
     def state(self, name: str, timeout: float = 5.0) -> str:
         from lifecycle_msgs.srv import GetState
 
-        return str(self._call(self._get[name], GetState.Request(), timeout, f"get_state of '{name}'")
-                   .current_state.label)
+        return str(self._call(self._get[name], GetState.Request(), timeout, f"get_state of '{name}'",
+                              resend_every=STATE_RESEND_S).current_state.label)
 
     def transition(self, name: str, transition_id: int, label: str, timeout: float) -> None:
         from lifecycle_msgs.msg import Transition

@@ -72,3 +72,58 @@ def test_startup_fails_clearly_when_a_node_never_appears(tmp_path: Path) -> None
     finally:
         node.destroy_node()
         rclpy.try_shutdown()
+
+
+class _Future:
+    def __init__(self, result=None) -> None:
+        self._result = result
+
+    def done(self) -> bool:
+        return self._result is not None
+
+    def result(self):
+        return self._result
+
+
+class _LossyClient:
+    """A service client whose first ``lost`` requests are never answered (sent before the server
+    was matched); later ones are answered at once."""
+
+    def __init__(self, lost: int, reply) -> None:
+        self.lost, self.reply, self.calls = lost, reply, 0
+
+    def call_async(self, request):
+        self.calls += 1
+        return _Future(None if self.calls <= self.lost else self.reply)
+
+    def service_is_ready(self) -> bool:
+        return True
+
+
+class _FakeNode:
+    def create_client(self, srv_type, name):
+        return _LossyClient(0, None)
+
+
+def test_a_lost_get_state_request_is_asked_again(monkeypatch) -> None:
+    """get_state is idempotent: one lost request costs a resend, not the whole startup timeout;
+    a change_state (not idempotent) is never sent twice."""
+    from types import SimpleNamespace
+
+    import hvla_ros.runner as runner_mod
+
+    monkeypatch.setattr(runner_mod, "STATE_RESEND_S", 0.2)
+    manager = LifecycleManager(_FakeNode(), ["perception"])
+    manager.spun_externally = True  # no rclpy spinning: the fake futures are polled
+    reply = SimpleNamespace(current_state=SimpleNamespace(label="unconfigured"))
+    manager._get["perception"] = lossy = _LossyClient(1, reply)
+    t0 = time.monotonic()
+    assert manager.state("perception", timeout=5.0) == "unconfigured"
+    assert lossy.calls == 2 and time.monotonic() - t0 < 2.0
+    manager._get["perception"] = _LossyClient(10**6, reply)
+    with pytest.raises(LifecycleError, match="get_state of 'perception': no response within 1 s"):
+        manager.state("perception", timeout=1.0)
+    manager._change["perception"] = change = _LossyClient(1, SimpleNamespace(success=True))
+    with pytest.raises(LifecycleError, match="configure of 'perception': no response"):
+        manager.transition("perception", 1, "configure", timeout=0.5)
+    assert change.calls == 1

@@ -278,6 +278,20 @@ def test_watchdog_holds_when_chunks_stop():
     assert not f.filter_chunk(small_chunk(1.0), now=1.0).hold  # new chunk resumes
 
 
+def test_a_hold_never_commands_past_a_limit():
+    """An arm measured slightly past a limit (a simulated soft limit, a servo's overshoot) is held
+    at the limit, not where it was measured."""
+    pan = JOINTS.index("shoulder_pan")
+    past = HOME.copy()
+    past[pan] = POSITION_LIMITS["shoulder_pan"][1] + 1e-4
+    f = make_filter(q=past)
+    hold = f.set_estop(True, now=0.0, reason="test")
+    assert hold is not None and hold.hold
+    assert hold.positions[0, pan] == POSITION_LIMITS["shoulder_pan"][1]
+    others = [i for i in range(len(JOINTS)) if i != pan]
+    np.testing.assert_array_equal(hold.positions[0, others], past[others])
+
+
 def test_no_joint_state_refuses_chunks_and_sends_nothing():
     f = SafetyFilter(SO101, CFG)
     cmd = f.filter_chunk(small_chunk(0.0), now=0.0)

@@ -379,6 +379,9 @@ class SafetyFilter:
         if q is None:  # nothing measured yet: no safe target to send; the caller sends nothing
             return Command(self.joint_names, np.zeros((0, len(self.joint_names))), np.zeros(0), hold=True,
                            on_receipt=True)
+        # A joint measured a little past its limit (a simulated joint's soft limit, a servo's
+        # overshoot) is held at the limit: no command leaves this filter outside the limits.
+        q = np.clip(q, self.lower, self.upper)
         if self._gripper_target is not None:  # keep the grip (see the module docstring)
             q[self._gripper_cols] = self._gripper_target
         return Command(self.joint_names, q[None, :], np.array([now + self.config.control_period]), hold=True,
