@@ -42,6 +42,7 @@ def test_train_refiner_writes_a_loadable_checkpoint(skill_and_data, capsys):
     assert set(meta["val_metrics"]) == {"arm_mse_anchor", "arm_mse_refined", "grip_acc_anchor", "grip_acc_refined"}
     assert meta["compactness"]["raw_mean_norm"] > 0
     cfg = model.cfg
+    # by default the executed steps (n_action_steps 4)
     assert cfg.joint_names == JOINTS and cfg.gripper_names == (GRIPPER_JOINT,) and cfg.chunk_size == 4
     # The anchor's encoder gives the context the refiner was trained on (one token per obs step).
     anchor = DiffusionAnchor(lc.load_policy_dir(pol), JOINTS)
@@ -130,3 +131,18 @@ def test_an_anchor_cache_is_reused_and_gives_the_same_refiner(skill_and_data, ca
     assert hvla([*common, "--out", str(root / "c_third"), "--anchor-cache", str(cache)]) == 0
     third = load_file(str(root / "c_third" / "model.safetensors"))
     assert all(torch.equal(weights[0][k], third[k]) for k in third)
+
+
+def test_chunk_steps_choose_the_window_the_refiner_corrects(skill_and_data, capsys):
+    from hvla_ros.refiner.train import load_refiner
+
+    root, ds, pol = skill_and_data
+    common = ["train-refiner", "--dataset", str(ds), "--skill", "pick", "--policy", str(pol), "--steps", "2",
+              "--batch-size", "4", "--d-model", "32", "--layers", "1", "--val-every", "3", "--threads", "1",
+              "--no-progress"]
+    for value, size in (("window", 7), ("5", 5)):  # window: horizon 8 from 2 observation steps
+        out = root / f"chunk_{value}"
+        assert hvla([*common, "--out", str(out), "--chunk-steps", value]) == 0
+        assert load_refiner(out)[0].cfg.chunk_size == size
+    assert hvla([*common, "--out", str(root / "chunk_bad"), "--chunk-steps", "9"]) == 2  # past the window (7)
+    assert not (root / "chunk_bad").exists()

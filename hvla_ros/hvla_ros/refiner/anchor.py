@@ -134,11 +134,18 @@ class DiffusionAnchor:
     ``observation.environment_state`` and, for training, ``action`` ``B x horizon x D``.
     """
 
-    def __init__(self, bundle: Any, joint_names: tuple[str, ...]) -> None:
+    def __init__(self, bundle: Any, joint_names: tuple[str, ...], chunk_size: int | None = None) -> None:
         self.bundle = bundle
         cfg = bundle.policy.config
         self.config = cfg
-        self.chunk_size = int(cfg.n_action_steps)
+        # Steps after the observation the anchor chunk covers: the executed n_action_steps by
+        # default; up to the whole predicted window (a latency-compensated chunk executes later
+        # steps of it).
+        window = int(cfg.horizon) - int(cfg.n_obs_steps) + 1
+        self.chunk_size = int(cfg.n_action_steps) if chunk_size is None else int(chunk_size)
+        if not 1 <= self.chunk_size <= window:
+            raise ValueError(f"chunk_size {self.chunk_size} outside 1..{window} (the policy predicts {cfg.horizon} "
+                             f"steps from {cfg.n_obs_steps} observation steps)")
         self.joint_names = tuple(joint_names)
         if len(self.joint_names) != bundle.action_dim:
             raise ValueError(f"{len(self.joint_names)} joint names for a policy with "

@@ -31,6 +31,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, type=Path, help="refiner checkpoint directory to write")
     p.add_argument("--pattern", default=None, help="task-text regex; default: the skill's standard pattern")
     p.add_argument("--ablation", default="full", choices=ABLATIONS, help="train an ablation instead")
+    p.add_argument("--chunk-steps", default="executed", metavar="N|executed|window",
+                   help="steps after the observation the refiner corrects: 'executed' (default) the policy's "
+                        "n_action_steps, 'window' all it predicts (horizon - n_obs_steps + 1; a latency-compensated "
+                        "chunk in the graph executes later steps of it), or a number")
     p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3)
@@ -76,8 +80,14 @@ def run(args: argparse.Namespace) -> int:
                       image_encoder=bundle.image_encoder)
     joints = tuple(data.action_names)
     grippers = tuple(j for r in ROBOTS.values() for j in r.gripper_joints if j in joints)
-    anchor = DiffusionAnchor(bundle, joints)
     cfg = bundle.config
+    window = int(cfg.horizon) - int(cfg.n_obs_steps) + 1
+    chunk = {"window": window, "executed": int(cfg.n_action_steps)}.get(args.chunk_steps)
+    try:
+        anchor = DiffusionAnchor(bundle, joints, chunk if chunk is not None else int(args.chunk_steps))
+    except ValueError as e:
+        log.error("--chunk-steps %s: %s", args.chunk_steps, e)
+        return 2
     n = len(data)
     seg = np.unique(data.seg_start, return_inverse=True)[1]
     val_mask = (seg % max(args.val_every, 2)) == 0 if seg.max() > 0 else np.arange(n) % 10 == 0
@@ -93,6 +103,7 @@ def run(args: argparse.Namespace) -> int:
             "policy": _digest(Path(args.policy)), "dataset": str(Path(args.dataset).resolve()),
             "frames": len(data), "pattern": pattern, "max_episodes": args.max_episodes,
             "val_every": args.val_every, "seed": args.seed, "n_obs_steps": int(cfg.n_obs_steps),
+            "chunk_steps": anchor.chunk_size,
             "horizon": int(cfg.horizon)})
         cache_file = args.anchor_cache / f"{args.skill}-{key}.pt"
     cached = tr.load_anchor_cache(cache_file, key) if cache_file is not None else None

@@ -81,9 +81,9 @@ class ChunkRefiner:
             return self._pass(positions, p_anchor,
                               f"chunk joints {list(joint_names)} differ from the refiner's {list(cfg.joint_names)}")
         if positions.shape[0] > cfg.chunk_size:
-            # A latency-compensated chunk carries extra steps after the policy's own chunk (the
-            # executor sends them so the arm keeps moving while the next one is computed): refine
-            # the steps the refiner was trained on; the rest stay the anchor's.
+            # A chunk longer than the refiner's window (a refiner trained with --chunk-steps
+            # executed, and a latency-compensated chunk: the executor sends steps that go stale in
+            # transit on top): refine the steps the refiner was trained on; the rest stay the anchor's.
             n = cfg.chunk_size
             head_logits = None
             if anchor_logits is not None and anchor_logits.size == positions.shape[0] * len(cfg.gripper_names):
