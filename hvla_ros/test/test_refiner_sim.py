@@ -216,32 +216,28 @@ def test_every_safety_rule_holds_or_bounds_the_simulated_arm(rclpy_context):
         peer.wait(lambda: peer.pub.get_subscription_count() > 0)
         _, q0, _ = peer.latest()
 
-        # NaN in one step: refused whole, the arm stays where it is
-        bad = peer.ramp(q0, pan, 0.3, 1.0)
-        bad[5, pan] = float("nan")
-        before = peer.rejected()
-        peer.send(bad, peer.now() + 0.1)
-        peer.wait(lambda: peer.rejected() > before)
-        _, q, _ = peer.sim_sleep(1.2)
-        assert np.abs(q - q0).max() < still, q - q0
+        def refused_and_still(make_chunk, start_offset: float) -> None:
+            """The chunk made from the arm's position is refused and the arm stays where it is."""
+            _, q0, _ = peer.latest()
+            before = peer.rejected()
+            peer.send(make_chunk(q0), peer.now() + start_offset)
+            peer.wait(lambda: peer.rejected() > before)
+            _, q, _ = peer.sim_sleep(1.2)
+            assert np.abs(q - q0).max() < still, q - q0
 
-        # a 0.8 rad jump between two targets: refused
-        _, q0, _ = peer.latest()
-        jump = peer.ramp(q0, elbow, -0.2, 1.0)
-        jump[4:, elbow] -= 0.8
-        before = peer.rejected()
-        peer.send(jump, peer.now() + 0.1)
-        peer.wait(lambda: peer.rejected() > before)
-        _, q, _ = peer.sim_sleep(1.2)
-        assert np.abs(q - q0).max() < still, q - q0
+        def with_nan(q0):  # NaN in one step: refused whole
+            c = peer.ramp(q0, pan, 0.3, 1.0)
+            c[5, pan] = float("nan")
+            return c
 
-        # a stale chunk (its last step was due 1.5 s ago): refused
-        _, q0, _ = peer.latest()
-        before = peer.rejected()
-        peer.send(peer.ramp(q0, pan, 0.3, 1.0), peer.now() - 2.5)
-        peer.wait(lambda: peer.rejected() > before)
-        _, q, _ = peer.sim_sleep(1.0)
-        assert np.abs(q - q0).max() < still, q - q0
+        def with_jump(q0):  # a 0.8 rad jump between two targets
+            c = peer.ramp(q0, elbow, -0.2, 1.0)
+            c[4:, elbow] -= 0.8
+            return c
+
+        refused_and_still(with_nan, 0.1)
+        refused_and_still(with_jump, 0.1)
+        refused_and_still(lambda q0: peer.ramp(q0, pan, 0.3, 1.0), -2.5)  # stale: last step due 1.5 s ago
 
         # one 6 s chunk (wrist_flex -0.9 rad, 0.15 rad/s) and then nothing: the watchdog holds.
         # Unchecked the arm would be 0.6 rad down after the 4 s waited; held, it stops after the
