@@ -17,6 +17,17 @@ from hvla_ros.testing import procs
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
 
 
+def _wait(pred, timeout: float = 30.0):
+    """Poll ``pred`` until it returns something truthy (returned) or ``timeout`` s pass."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        v = pred()
+        if v:
+            return v
+        time.sleep(0.02)
+    raise AssertionError("timed out")
+
+
 def test_estop_holds_the_simulated_arm(rclpy_context):
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
@@ -58,14 +69,7 @@ def test_estop_holds_the_simulated_arm(rclpy_context):
         with lock:
             return states[-1] if states else None
 
-    def wait(pred, timeout=30.0):
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            v = pred()
-            if v:
-                return v
-            time.sleep(0.02)
-        raise AssertionError("timed out")
+    wait = _wait
 
     try:
         assert cli.wait_for_service(timeout_sec=30.0)
@@ -152,13 +156,7 @@ class _SimPeer:
             return self.states[-1] if self.states else None
 
     def wait(self, pred, timeout: float = 30.0):
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            v = pred()
-            if v:
-                return v
-            time.sleep(0.02)
-        raise AssertionError("timed out")
+        return _wait(pred, timeout)
 
     def sim_sleep(self, seconds: float) -> tuple[float, np.ndarray, np.ndarray]:
         t0 = self.latest()[0]
