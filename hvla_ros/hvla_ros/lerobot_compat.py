@@ -444,6 +444,12 @@ def predict_chunk(
     return predict_chunk_with_context(bundle, history, noise)[0]
 
 
+def predicted_steps(config: Any) -> int:
+    """Actions a diffusion policy predicts from its newest observation on (that one included):
+    ``horizon - n_obs_steps + 1``. A chunk can execute at most these."""
+    return int(config.horizon) - int(config.n_obs_steps) + 1
+
+
 @torch.no_grad()
 def predict_chunk_with_context(
     bundle: PolicyBundle, history: Sequence[Mapping[str, Any]], noise: torch.Tensor | None = None,
@@ -452,7 +458,7 @@ def predict_chunk_with_context(
     """:func:`predict_chunk` plus the observation context it was sampled with.
 
     ``n_steps`` (default ``n_action_steps``) actions from the newest observation on, at most
-    ``horizon - n_obs_steps + 1`` (all the policy predicts from there).
+    :func:`predicted_steps` (all the policy predicts from there).
 
     The context is the UNet's global conditioning (what :func:`observation_context` computes),
     ``n_obs_steps x C`` float32 on the CPU: one token per observation step. The steps are those

@@ -319,7 +319,7 @@ def load_skill(spec: SkillSpec, *, device: str = "cpu") -> Skill:
         raise SkillConfigError(
             f"{ctx}: chunk_length {spec.chunk_length} != the policy's horizon {cfg.horizon}"
         )
-    max_steps = cfg.horizon - cfg.n_obs_steps + 1
+    max_steps = lc.predicted_steps(cfg)
     if spec.n_action_steps > max_steps:
         raise SkillConfigError(
             f"{ctx}: n_action_steps {spec.n_action_steps} > horizon - n_obs_steps + 1 = {max_steps}"

@@ -285,8 +285,9 @@ class SkillRunner:
         """All the steps the policy predicts from its newest observation on."""
         if self.skill.spec.is_hold:
             return 10**6
-        cfg = self.skill.bundle.config
-        return int(cfg.horizon - cfg.n_obs_steps + 1)
+        from hvla_ros import lerobot_compat as lc
+
+        return lc.predicted_steps(self.skill.bundle.config)
 
     def next_chunk(self, history: Sequence[Observation], now: float, latency_s: float = 0.0) -> PlannedChunk:
         """Predict the next chunk from ``history`` (oldest first; the newest must be fresh).

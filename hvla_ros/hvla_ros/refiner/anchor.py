@@ -141,7 +141,9 @@ class DiffusionAnchor:
         # Steps after the observation the anchor chunk covers: the executed n_action_steps by
         # default; up to the whole predicted window (a latency-compensated chunk executes later
         # steps of it).
-        window = int(cfg.horizon) - int(cfg.n_obs_steps) + 1
+        from hvla_ros import lerobot_compat as lc
+
+        window = lc.predicted_steps(cfg)
         self.chunk_size = int(cfg.n_action_steps) if chunk_size is None else int(chunk_size)
         if not 1 <= self.chunk_size <= window:
             raise ValueError(f"chunk_size {self.chunk_size} outside 1..{window} (the policy predicts {cfg.horizon} "

@@ -81,8 +81,7 @@ def run(args: argparse.Namespace) -> int:
     joints = tuple(data.action_names)
     grippers = tuple(j for r in ROBOTS.values() for j in r.gripper_joints if j in joints)
     cfg = bundle.config
-    window = int(cfg.horizon) - int(cfg.n_obs_steps) + 1
-    chunk = {"window": window, "executed": int(cfg.n_action_steps)}.get(args.chunk_steps)
+    chunk = {"window": lc.predicted_steps(cfg), "executed": int(cfg.n_action_steps)}.get(args.chunk_steps)
     try:
         anchor = DiffusionAnchor(bundle, joints, chunk if chunk is not None else int(args.chunk_steps))
     except ValueError as e:
@@ -103,8 +102,7 @@ def run(args: argparse.Namespace) -> int:
             "policy": _digest(Path(args.policy)), "dataset": str(Path(args.dataset).resolve()),
             "frames": len(data), "pattern": pattern, "max_episodes": args.max_episodes,
             "val_every": args.val_every, "seed": args.seed, "n_obs_steps": int(cfg.n_obs_steps),
-            "chunk_steps": anchor.chunk_size,
-            "horizon": int(cfg.horizon)})
+            "horizon": int(cfg.horizon), "chunk_steps": anchor.chunk_size})
         cache_file = args.anchor_cache / f"{args.skill}-{key}.pt"
     cached = tr.load_anchor_cache(cache_file, key) if cache_file is not None else None
     if cached is not None:
