@@ -28,6 +28,13 @@ def _wait(pred, timeout: float = 30.0):
     raise AssertionError("timed out")
 
 
+def _stop(ref, sim) -> tuple[str, str]:
+    """Stop refiner_node and sim_node; their output (the end of each is printed for a failure)."""
+    out_ref, out_sim = procs.stop(ref), procs.stop(sim)
+    print(f"--- refiner_node ---\n{out_ref[-3000:]}\n--- sim_node ---\n{out_sim[-3000:]}")
+    return out_ref, out_sim
+
+
 def test_estop_holds_the_simulated_arm(rclpy_context):
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
@@ -102,9 +109,7 @@ def test_estop_holds_the_simulated_arm(rclpy_context):
         ex.shutdown(timeout_sec=2.0)
         spin.join(timeout=5)
         node.destroy_node()
-        out_ref = procs.stop(ref)
-        out_sim = procs.stop(sim)
-        print(f"--- refiner_node ---\n{out_ref[-3000:]}\n--- sim_node ---\n{out_sim[-3000:]}")
+        out_ref, out_sim = _stop(ref, sim)
     assert "Traceback" not in out_ref, out_ref
     assert "Traceback" not in out_sim, out_sim
 
@@ -289,9 +294,7 @@ def test_every_safety_rule_holds_or_bounds_the_simulated_arm(rclpy_context):
         assert q0[pan] - q[pan] > 1.2, (q0[pan], q[pan])
     finally:
         peer.close()
-        out_ref = procs.stop(ref)
-        out_sim = procs.stop(sim)
-        print(f"--- refiner_node ---\n{out_ref[-3000:]}\n--- sim_node ---\n{out_sim[-3000:]}")
+        out_ref, out_sim = _stop(ref, sim)
     assert "Traceback" not in out_ref, out_ref
     assert "Traceback" not in out_sim, out_sim
     for rule in ("NAN", "LIMIT", "STALE_CHUNK"):  # each refusal is logged with its reason
