@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+from typing import ClassVar
 
+import numpy as np
 import pytest
 
 from hvla_ros.cli import main as hvla
@@ -82,3 +84,76 @@ def test_paired_comparison_and_interval():
     lo, hi = wilson_interval(36, 50)
     assert 0.58 < lo < 0.59 and 0.82 < hi < 0.84  # 72% of 50
     assert wilson_interval(0, 0) == (0.0, 1.0)
+
+
+class _CountingRunner:
+    """Stands in for SkillRunner: 3 chunks of 8 fresh steps whose shoulder_pan targets encode
+    (chunk, step) as ``q0 + 0.002 * (20 * chunk + step)``; records when each was requested."""
+
+    n_obs_steps = 1
+    step_period = 1 / 30
+    fresh = 8
+    base = 0.0
+    instances: ClassVar[list[_CountingRunner]] = []
+
+    def __init__(self, skill, instruction, horizon_s, max_obs_age_s):
+        from hvla_ros.robot import SO101
+
+        self.joint_names = SO101.joint_names
+        self.steps_planned = 0
+        self.requests: list[tuple[float, float]] = []  # (now, latency_s)
+        _CountingRunner.instances.append(self)
+
+    @property
+    def done(self) -> bool:
+        return self.steps_planned >= 3 * self.fresh
+
+    def next_chunk(self, history, now, latency_s=0.0):
+        from hvla_ros.executor.runner import PlannedChunk
+
+        c = self.steps_planned // self.fresh
+        n = self.fresh + round(latency_s / self.step_period)
+        q0 = np.array([history[-1].joints[j] for j in self.joint_names])
+        positions = np.repeat(q0[None, :], n, axis=0)
+        positions[:, 0] = self.base + 0.002 * (20 * c + np.arange(n))
+        self.requests.append((now, latency_s))
+        self.steps_planned += self.fresh
+        return PlannedChunk("pick", c, history[-1].stamp, self.step_period, self.joint_names, positions)
+
+
+@pytest.mark.parametrize("latency", [0, 7])
+def test_latency_steps_execute_each_chunk_after_its_stale_head(monkeypatch, latency):
+    """--latency-steps N: the arm runs the previous chunk for N steps after each observation, then
+    steps N..N+7 of the new one; the next observation is taken when step 8 of the chunk is due."""
+    import hvla_ros.executor.runner as runner_mod
+    from hvla_ros.refiner.cmd_eval import run_episode
+    from hvla_ros.sim.world import SimWorld
+
+    monkeypatch.setenv("MUJOCO_GL", "egl")
+    _CountingRunner.instances = []
+    monkeypatch.setattr(runner_mod, "SkillRunner", _CountingRunner)
+    world = SimWorld("cube_in_box", image_size=(48, 64))
+    try:
+        world.reset(0)
+        _CountingRunner.base = float(world.joint_positions()[0])
+        executed: list[float] = []
+        set_targets = world.set_joint_targets
+
+        def record(q):
+            executed.append(float(q[0]))
+            set_targets(q)
+
+        monkeypatch.setattr(world, "set_joint_targets", record)
+        lib = type("Lib", (), {"get": staticmethod(lambda name: name)})()
+        run_episode(world, lib, 0, None, horizon_s=None, cameras=[], latency_steps=latency)
+    finally:
+        world.close()
+    first = _CountingRunner.instances[0]
+    # Every chunk carries the N stale steps on top of its 8 fresh ones ...
+    assert [lat for _, lat in first.requests] == pytest.approx([latency / 30] * 3)
+    # ... and is asked for 8 steps after the previous one (the arm finishes it meanwhile).
+    t = [now for now, _ in first.requests]
+    assert np.diff(t) == pytest.approx([8 / 30, 8 / 30], abs=1e-6)
+    codes = np.rint((np.array(executed[:24]) - first.base) / 0.002).astype(int).tolist()
+    expected = [20 * c + k for c in range(3) for k in range(latency, latency + 8)]
+    assert codes == expected

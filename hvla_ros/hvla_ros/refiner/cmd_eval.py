@@ -24,6 +24,7 @@ import json
 import logging
 import math
 import time
+from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -52,11 +53,19 @@ def expert_prefix(world: Any, k: int) -> list[bool]:
 
 
 def run_episode(world: Any, lib: Any, seed: int, refiner: Any, *, horizon_s: float | None,
-                cameras: list[str], expert_subtasks: int = 0) -> dict[str, Any]:
+                cameras: list[str], expert_subtasks: int = 0, latency_steps: int = 0) -> dict[str, Any]:
     """One seeded episode with chunks refined by ``refiner`` (None = anchor only) and safety-filtered.
 
     ``expert_subtasks``: the first K subtasks are done by the scripted expert (to measure a later
     skill, e.g. place after an expert pick); the skills and the refiner run the rest.
+
+    ``latency_steps``: the graph's timing, in lockstep. Zero: each chunk's ``n_action_steps`` are
+    executed right after its observation (no latency). N > 0: as executor_node and refiner_node
+    run it: the chunk carries N extra steps (latency compensation), the arm goes on executing the
+    previous chunk for N control steps after the observation (inference and transport), then the
+    new chunk's steps N .. N + n_action_steps - 1 (its first N are stale and dropped by the safety
+    filter); the next observation is taken when step ``n_action_steps`` of the chunk is due, so
+    the arm finishes the chunk while the next one is computed.
     """
     import torch
 
@@ -89,28 +98,44 @@ def run_episode(world: Any, lib: Any, seed: int, refiner: Any, *, horizon_s: flo
             buf.add(Observation(stamp=world.time, images={c: world.render(c) for c in cameras},
                                 joints=dict(zip(names, q.tolist(), strict=True))))
 
+        # Commands the arm has yet to execute, one per control step: (joint columns, targets).
+        pending: deque[tuple[list[int], np.ndarray]] = deque()
+
+        def tick(buf: ObservationBuffer = buf, pending: deque = pending) -> None:
+            if pending:  # else the arm keeps its last target (a refused chunk: the hold)
+                idx, q = pending.popleft()
+                target = world.joint_targets().copy()
+                target[idx] = q
+                world.set_joint_targets(target)
+            world.step(world.control_steps)
+            observe(buf)
+
         observe()
         while not runner.done:
-            planned = runner.next_chunk(buf.history(runner.n_obs_steps, runner.step_period), now=world.time)
+            before = runner.steps_planned
+            planned = runner.next_chunk(buf.history(runner.n_obs_steps, runner.step_period), now=world.time,
+                                        latency_s=latency_steps * runner.step_period)
+            fresh = runner.steps_planned - before
             positions = planned.positions
             grippers = [j for j in planned.joint_names if j in world.robot.gripper_joints]
             if refiner is not None:
                 positions = refiner.refine(sub.skill, planned.joint_names, positions, grippers,
                                            planned.start_time).positions
             stamps = planned.start_time + planned.step_period * np.arange(planned.num_steps)
-            cmd = safety.filter_chunk(Chunk(planned.joint_names, positions, stamps), world.time)
+            for _ in range(latency_steps):  # inference and transport: the arm runs on
+                tick()
+            # The step due now is the one the controller takes next (half a period of slack for
+            # the clock's rounding); earlier steps are stale and dropped.
+            cmd = safety.filter_chunk(Chunk(planned.joint_names, positions, stamps),
+                                      world.time - 0.5 * planned.step_period)
             interventions += int(cmd.hold)
             idx = [names.index(n) for n in cmd.joint_names]
-            for k in range(cmd.positions.shape[0]):
-                target = world.joint_targets().copy()
-                target[idx] = cmd.positions[k]
-                world.set_joint_targets(target)
-                world.step(world.control_steps)
-                observe()
-            if cmd.hold:  # refused: hold for the rest of the chunk's duration
-                for _ in range(max(planned.num_steps - 1, 0)):
-                    world.step(world.control_steps)
-                    observe()
+            pending.clear()
+            pending.extend((idx, q) for q in cmd.positions)
+            for _ in range(max(fresh - latency_steps, 0)):
+                tick()
+        while pending:  # the arm finishes the last chunk
+            tick()
         results.append(bool(world.subtask_success(i)))
     world.step(round(world.task.settle_time / world.timestep))
     return {"seed": seed, "subtasks": results, "success": bool(world.success()), "safety_holds": interventions,
@@ -140,6 +165,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--expert-subtasks", type=int, default=0, metavar="K",
                    help="the scripted expert does the first K subtasks (evaluates the later skills alone)")
+    p.add_argument("--latency-steps", type=int, default=0, metavar="N",
+                   help="run with the graph's timing: each chunk's first N steps are stale by the time it "
+                        "reaches the arm, which executes the previous chunk meanwhile (0: lockstep, no "
+                        "latency; through the graph on a 2-core CPU chunks arrive ~7 steps late)")
     p.add_argument("--out", type=Path, default=None, help="write all results as JSON")
     p.add_argument("--combine", type=Path, nargs="+", default=None, metavar="JSON",
                    help="print one table from earlier --out files (runs nothing)")
@@ -203,7 +232,11 @@ def run(args: argparse.Namespace) -> int:
     if unknown:
         log.error("unknown variants %s; expected anchor or %s", unknown, sorted(PAPER_DELTA))
         return 2
-    report: dict[str, Any] = {"seeds": args.seeds, "expert_subtasks": args.expert_subtasks, "tasks": {}}
+    if args.latency_steps < 0:
+        log.error("--latency-steps must be >= 0, got %d", args.latency_steps)
+        return 2
+    report: dict[str, Any] = {"seeds": args.seeds, "expert_subtasks": args.expert_subtasks,
+                              "latency_steps": args.latency_steps, "tasks": {}}
     for task in args.task or list(PRECISION_TASKS):
         try:
             world = SimWorld(task, image_size=(h, w))
@@ -233,7 +266,8 @@ def run(args: argparse.Namespace) -> int:
                 with _anchor_weights(lib, anchors):
                     for seed in args.seeds:
                         eps.append(run_episode(world, lib, seed, refiner, horizon_s=args.horizon_s, cameras=cams,
-                                               expert_subtasks=args.expert_subtasks))
+                                               expert_subtasks=args.expert_subtasks,
+                                               latency_steps=args.latency_steps))
                         log.info("%s %s seed %d: subtasks %s, task %s", task, v, seed, eps[-1]["subtasks"],
                                  "success" if eps[-1]["success"] else "failure")
                 rate = float(np.mean([e["success"] for e in eps]))
