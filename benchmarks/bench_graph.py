@@ -9,6 +9,11 @@ give: inference and transport latency, stale observations and the safety filter 
 
     .venv/bin/python benchmarks/bench_graph.py --seeds 0-9
     .venv/bin/python benchmarks/bench_graph.py --seeds 0-4 --launch-args real_time_factor:=0.5
+    .venv/bin/python benchmarks/bench_graph.py --seeds 0-49 --first-attempt --name graph_first_attempt
+
+``--first-attempt``: the planner gets one attempt per subtask and no replan (a failed subtask
+ends the goal), so each seed measures the skills as the executor node runs them, once, and a
+failure costs one horizon instead of a dozen.
 """
 
 from __future__ import annotations
@@ -82,12 +87,23 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=300.0, help="per-goal timeout (s)")
     parser.add_argument("--launch-args", nargs="*", default=[], help="extra name:=value launch arguments")
     parser.add_argument("--keep", type=Path, default=None, help="keep each run's directory under this folder")
+    parser.add_argument("--first-attempt", action="store_true",
+                        help="one attempt per subtask, no replanning: the skills' success as the node runs them")
+    parser.add_argument("--name", default="graph", help="results file benchmarks/results/<name>.json")
     args = parser.parse_args()
     seeds = parse_seeds(args.seeds)
+    params_dir = tempfile.TemporaryDirectory(prefix="hvla_bench_graph_params_")
+    run_args = list(args.launch_args)
+    if args.first_attempt:
+        if any(a.startswith("params_file:=") for a in args.launch_args):
+            parser.error("--first-attempt writes its own params_file; pass the planner settings there instead")
+        params = Path(params_dir.name) / "first_attempt.yaml"
+        params.write_text("planner:\n  ros__parameters:\n    max_attempts: 1\n    max_replans: 0\n")
+        run_args.append(f"params_file:={params}")
     rows: list[list[object]] = []
     results: list[dict[str, object]] = []
     for seed in seeds:
-        r = run_seed(args.task, seed, args.launch_args, args.timeout, args.keep)
+        r = run_seed(args.task, seed, run_args, args.timeout, args.keep)
         results.append(r)
         summarize(args, results, final=False)  # an interrupted run keeps what it measured
         first = {}
@@ -102,6 +118,7 @@ def main() -> None:
     print_table(f"{args.task} through the ROS graph ({len(results)} seeds)",
                 ["seed", "planner", "simulator", "verdicts", "wall s"], rows)
     summarize(args, results, final=True)
+    params_dir.cleanup()
 
 
 def summarize(args: argparse.Namespace, results: list[dict[str, object]], *, final: bool) -> None:
@@ -121,8 +138,9 @@ def summarize(args: argparse.Namespace, results: list[dict[str, object]], *, fin
         print(f"task success (simulator ground truth): {100 * sim_rate:.0f}%   planner verdict: {100 * plan_rate:.0f}%")
         for k, v in sorted(per_subtask.items()):
             print(f"subtask {k}: first attempt succeeded {sum(v)}/{len(v)}")
-    write_result("graph", {
+    write_result(args.name, {
         "task": args.task, "seeds": [r["seed"] for r in results], "launch_args": args.launch_args,
+        "first_attempt_only": args.first_attempt,
         "task_success_rate": sim_rate, "planner_success_rate": plan_rate,
         "first_attempt_success": {str(k): sum(v) / len(v) for k, v in per_subtask.items()},
         "episodes": [{k: v for k, v in r.items() if k != "tail"} for r in results],
