@@ -151,6 +151,9 @@ def test_buffer_history_spacing_and_padding():
     hist = buf.history(2, PERIOD)
     assert hist[-1].stamp == pytest.approx(1.05)
     assert hist[0].stamp == pytest.approx(1.02)  # nearest to 1.05 - 1/30
+    # ending at a given stamp (the observation a chunk was planned from)
+    assert [o.stamp for o in buf.history(2, PERIOD, until=1.03)] == pytest.approx([1.0, 1.03])
+    assert buf.history(2, PERIOD, until=0.9) == []
 
 
 def test_instruction_encoding_is_stable_and_separates_colours():

@@ -53,12 +53,18 @@ def test_chunk_context_equals_what_the_refiner_would_recompute(place_skill):
     assert chunk.context is not None and chunk.context.shape[0] == n_obs
     assert chunk.context.dtype == np.float32 and np.all(np.isfinite(chunk.context))
 
+    # The chunk reaches the refiner later, when newer frames are in its buffer (inference and
+    # transport latency): the context is still the one of the chunk's own observation.
+    later = _observations(12, period)[6:]
     buf = ObservationBuffer(maxlen=16)
-    for o in obs:
+    for o in [*obs, *later]:
         buf.add(o)
-    rebuilt = observation_context_provider(place_skill, buf, lambda: PLACE)(chunk.start_time)
+    provide = observation_context_provider(place_skill, buf, lambda: PLACE)
+    rebuilt = provide(chunk.start_time)
     assert rebuilt is not None
     np.testing.assert_allclose(chunk.context, rebuilt.numpy(), rtol=1e-5, atol=1e-5)
+    assert not np.allclose(provide(later[-1].stamp).numpy(), chunk.context, atol=1e-3)
+    assert provide(obs[0].stamp - 1.0) is None  # nothing observed before that chunk: no context
 
 
 def test_split_sampling_matches_lerobot_generate_actions(place_skill):

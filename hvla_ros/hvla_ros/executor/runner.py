@@ -141,14 +141,18 @@ class ObservationBuffer:
         with self._lock:
             return self._obs[-1] if self._obs else None
 
-    def history(self, n: int, period: float) -> list[Observation]:
+    def history(self, n: int, period: float, until: float | None = None) -> list[Observation]:
         """``n`` observations, oldest first, nearest to ``newest - (n-1-k) * period`` (k = 0..n-1).
 
         Repeats the oldest available one when the buffer does not reach back far enough (the
-        policy saw the same padding at episode starts in training).
+        policy saw the same padding at episode starts in training). ``until``: the history ends
+        at the newest observation stamped at or before it (half a millisecond of slack for
+        stamps that went through a clock conversion); empty when there is none.
         """
         with self._lock:
             obs = list(self._obs)
+        if until is not None:
+            obs = [o for o in obs if o.stamp <= until + 5e-4]
         if not obs:
             return []
         newest = obs[-1].stamp

@@ -151,7 +151,7 @@ def observation_context_provider(skill: Any, buffer: Any, instruction: Callable[
     period = skill.spec.step_period_s
 
     def provide(start: float) -> torch.Tensor | None:
-        hist = buffer.history(n_obs, period)
+        hist = buffer.history(n_obs, period, until=start)
         if not hist:
             return None
         instr = None
