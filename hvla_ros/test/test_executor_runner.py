@@ -94,6 +94,22 @@ def test_latency_compensation_adds_the_steps_that_go_stale_in_transit(library):
     assert hold.next_chunk([_obs(0.0)], now=0.0, latency_s=0.1).num_steps == 5 + 3
 
 
+def test_next_observation_due_is_n_action_steps_after_the_last_chunks(library):
+    """Receding horizon with latency: chunks are predicted from observations n_action_steps apart
+    (as in training), whatever the latency made each chunk carry."""
+    r = SkillRunner(library.get("pick"), "pick up the red cube", horizon_s=20 * PERIOD)
+    assert r.next_observation_due() == -np.inf
+    c = r.next_chunk([_obs(0.0), _obs(PERIOD)], now=PERIOD + 0.2, latency_s=0.25)
+    assert c.num_steps == 15  # 8 fresh + 8 stale, capped at what the policy predicts
+    assert r.next_observation_due() == pytest.approx(PERIOD + 8 * PERIOD)  # not the chunk's end
+    assert r.next_due(0.1) == pytest.approx(c.end_time - 0.1)  # the fallback: before it runs out
+    t = r.next_observation_due()
+    r.next_chunk([_obs(t - PERIOD), _obs(t)], now=t + 0.2, latency_s=0.25)
+    t = r.next_observation_due()
+    r.next_chunk([_obs(t - PERIOD), _obs(t)], now=t + 0.2)
+    assert r.last_fresh_steps == 4 and r.next_observation_due() == pytest.approx(t + 4 * PERIOD)
+
+
 def test_next_due_waits_for_the_running_chunk(library):
     r = SkillRunner(library.get("pick"), "pick up the red cube", horizon_s=2.0)
     c = r.next_chunk([_obs(0.0), _obs(PERIOD)], now=PERIOD)

@@ -9,8 +9,12 @@ evaluation loop) feeds it observations and the current time; it answers with
 Timing: the policy predicts actions for the time of the newest observation onwards, so step k of
 a chunk is stamped ``newest.stamp + k * step_period`` (the diffusion-policy real-robot convention:
 whatever inference latency has eaten of the chunk's head is stale and dropped downstream). A chunk
-holds ``n_action_steps`` steps (fewer for the last one); the next chunk is due when the current
-one has been executed up to the expected inference latency (:meth:`SkillRunner.next_due`).
+holds ``n_action_steps`` steps (fewer for the last one), plus the steps that go stale in transit
+when the caller compensates latency. The next chunk is due when an observation stamped
+``n_action_steps`` after the last chunk's is in (:meth:`SkillRunner.next_observation_due`:
+observations ``n_action_steps`` apart, as in training, so the arm executes that many steps of
+each chunk), or at the latest when the current chunk would run out before the next one is
+computed (:meth:`SkillRunner.next_due`).
 The subtask horizon is a step budget: ``round(horizon_s / step_period)`` steps in all.
 
 A stale newest observation (older than ``max_obs_age_s``) raises
@@ -241,6 +245,7 @@ class SkillRunner:
         self.steps_planned = 0
         self.chunks_planned = 0
         self.last_chunk: PlannedChunk | None = None
+        self.last_fresh_steps = 0  # fresh steps (the horizon's share) of the last chunk
         self._instruction_vec: np.ndarray | None = None
         if not spec.is_hold and skill.bundle.instruction_dim > 0:
             self._instruction_vec = encode_instruction(
@@ -272,6 +277,13 @@ class SkillRunner:
         if self.last_chunk is None:
             return -math.inf
         return self.last_chunk.end_time - expected_latency_s
+
+    def next_observation_due(self) -> float:
+        """Stamp of the observation the next chunk should be predicted from: the last chunk's plus
+        its fresh steps (-inf before the first chunk)."""
+        if self.last_chunk is None:
+            return -math.inf
+        return self.last_chunk.start_time + self.last_fresh_steps * self.step_period
 
     def check_fresh(self, obs: Observation | None, now: float) -> Observation:
         """The observation if it is fresh enough, else :class:`StaleObservationError`."""
@@ -335,6 +347,7 @@ class SkillRunner:
         self.steps_planned += fresh
         self.chunks_planned += 1
         self.last_chunk = chunk
+        self.last_fresh_steps = fresh
         return chunk
 
     def _predict(self, history: Sequence[Observation], n_steps: int | None = None) -> tuple[np.ndarray, np.ndarray]:

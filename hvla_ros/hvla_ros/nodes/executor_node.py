@@ -74,8 +74,9 @@ def _params() -> list[ParamSpec]:
                   min=0.01, max=60.0),
         ParamSpec("stale_abort_s", 5.0, "abort the subtask after observations stay stale this long",
                   min=0.1, max=600.0),
-        ParamSpec("expected_latency_s", 0.1, "initial estimate of inference latency: the next chunk is "
-                  "predicted this long before the current one runs out (then measured)", min=0.0, max=10.0),
+        ParamSpec("expected_latency_s", 0.1, "initial estimate of inference latency on the node's clock (the "
+                  "simulator's with use_sim_time): the next chunk is predicted this long before the current one "
+                  "runs out (then measured)", min=0.0, max=10.0),
         ParamSpec("latency_compensation", True, "chunks carry extra steps for the time from their observation "
                   "to execution (measured), so the arm executes n_action_steps fresh steps per chunk and keeps "
                   "moving while the next is computed; off: exactly n_action_steps per chunk"),
@@ -320,21 +321,24 @@ class ExecutorNode(LifecycleNode):
                 # the executor as silent (after its margin, 5 s by default). The grace keeps the
                 # step budget exact for policies that merely start slowly.
                 break
-            if now < runner.next_due(self._latency):
-                time.sleep(min(0.005, runner.next_due(self._latency) - now))
+            if not self._chunk_due(runner, now):
+                time.sleep(0.005)
                 continue
             history = self._buffer.history(runner.n_obs_steps, runner.step_period)
             try:
                 with self._policy_lock:
                     if self._stop_reason(handle) is not None:
                         continue
-                    t_inf = time.monotonic()
+                    t_inf, t_clock = time.monotonic(), self.now_s()
                     latency = 0.0
                     if self.p["latency_compensation"]:
                         age = self._chunk_age if self._chunk_age is not None else self._latency
                         latency = age + float(self.p["latency_margin_s"])
                     chunk = runner.next_chunk(history, self.now_s(), latency_s=latency)
                     dt = time.monotonic() - t_inf
+                    # The schedule runs on the node's clock (the simulator's with use_sim_time, at
+                    # half real time in the embedded demo): so does the latency it plans with.
+                    dt_clock = max(0.0, self.now_s() - t_clock)
             except StaleObservationError as exc:
                 stale_since = stale_since or time.monotonic()
                 fb = ExecuteSubtask.Feedback(chunk_index=runner.chunks_planned, steps_executed=runner.steps_planned,
@@ -350,7 +354,7 @@ class ExecutorNode(LifecycleNode):
                 return self._finish(handle, runner, t0, Result.TERMINATION_ERROR, Result.ERROR_POLICY_FAILED,
                                     f"{type(exc).__name__}: {exc}")
             stale_since = None
-            self._latency = 0.8 * self._latency + 0.2 * dt if runner.chunks_planned > 1 else dt
+            self._latency = 0.8 * self._latency + 0.2 * dt_clock if runner.chunks_planned > 1 else dt_clock
             reason = self._stop_reason(handle)
             if reason is not None:  # canceled or preempted during inference: publish nothing
                 return self._finish(handle, runner, t0, reason)
@@ -369,6 +373,19 @@ class ExecutorNode(LifecycleNode):
                 return self._finish(handle, runner, t0, reason)
             time.sleep(min(0.01, max(0.0, end - self.now_s())))
         return self._finish(handle, runner, t0, Result.TERMINATION_HORIZON)
+
+    def _chunk_due(self, runner: SkillRunner, now: float) -> bool:
+        """Predict the next chunk now? With latency compensation: once the observation stamped
+        n_action_steps after the last chunk's is in (observations that far apart, as in training:
+        the arm executes n_action_steps of each chunk, whatever inference takes), or when the
+        current chunk would run out before the next is computed (the expected inference latency,
+        on this node's clock, before its end). Without: only the latter."""
+        if now >= runner.next_due(self._latency):
+            return True
+        if not self.p["latency_compensation"]:
+            return False
+        newest = self._buffer.latest()
+        return newest is not None and newest.stamp >= runner.next_observation_due() - 0.5 * runner.step_period
 
     def destroy_node(self) -> None:
         self._action.destroy()
