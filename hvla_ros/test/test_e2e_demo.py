@@ -104,8 +104,8 @@ def test_demo_runs_a_goal_to_its_end_over_dds(tmp_path: Path) -> None:
 def test_shipped_pick_lifts_the_cube_through_the_graph(tmp_path: Path) -> None:
     """What ``make demo`` runs: the shipped skills and refiner, the embedded simulator at its
     configured speed, the rule-based reasoner. The pick skill must lift the cube through the real
-    graph (by the planner's verifier, within its attempts: 8/10 seeds on the first attempt in
-    benchmarks/bench_graph.py). The whole goal is not required: place after a learned pick misses
+    graph (by the planner's verifier, within its attempts: 43/50 seeds on the first attempt in
+    benchmarks/bench_graph.py --first-attempt). The whole goal is not required: place after a learned pick misses
     on some seeds (see hvla_ros/skills/README.md); when the planner says it succeeded, the
     simulator's ground truth must agree."""
     params = tmp_path / "params.yaml"
