@@ -118,6 +118,7 @@ class _CountingRunner:
         positions[:, 0] = self.base + 0.002 * (20 * c + np.arange(n))
         self.requests.append((now, latency_s))
         self.steps_planned += self.fresh
+        self.last_fresh_steps = self.fresh
         return PlannedChunk("pick", c, history[-1].stamp, self.step_period, self.joint_names, positions)
 
 

@@ -334,7 +334,7 @@ class ExecutorNode(LifecycleNode):
                     if self.p["latency_compensation"]:
                         age = self._chunk_age if self._chunk_age is not None else self._latency
                         latency = age + float(self.p["latency_margin_s"])
-                    chunk = runner.next_chunk(history, self.now_s(), latency_s=latency)
+                    chunk = runner.next_chunk(history, t_clock, latency_s=latency)
                     dt = time.monotonic() - t_inf
                     # The schedule runs on the node's clock (the simulator's with use_sim_time, at
                     # half real time in the embedded demo): so does the latency it plans with.

@@ -112,10 +112,8 @@ def run_episode(world: Any, lib: Any, seed: int, refiner: Any, *, horizon_s: flo
 
         observe()
         while not runner.done:
-            before = runner.steps_planned
             planned = runner.next_chunk(buf.history(runner.n_obs_steps, runner.step_period), now=world.time,
                                         latency_s=latency_steps * runner.step_period)
-            fresh = runner.steps_planned - before
             positions = planned.positions
             grippers = [j for j in planned.joint_names if j in world.robot.gripper_joints]
             if refiner is not None:
@@ -132,7 +130,7 @@ def run_episode(world: Any, lib: Any, seed: int, refiner: Any, *, horizon_s: flo
             idx = [names.index(n) for n in cmd.joint_names]
             pending.clear()
             pending.extend((idx, q) for q in cmd.positions)
-            for _ in range(max(fresh - latency_steps, 0)):
+            for _ in range(max(runner.last_fresh_steps - latency_steps, 0)):
                 tick()
         while pending:  # the arm finishes the last chunk
             tick()
