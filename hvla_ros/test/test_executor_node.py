@@ -214,6 +214,7 @@ def test_goal_runs_to_horizon_with_chunks_and_feedback(peer):
     from hvla_interfaces.msg import ActionChunk
 
     feedback: list = []
+    peer.chunks.clear()  # a rerun of this test starts from no chunks of subtask 1
     handle = peer.send("pick", 20 * PERIOD, subtask_id=1, feedback=feedback)
     res = _wait_future(handle.get_result_async(), 60.0).result
     assert res.termination == ExecuteSubtask.Result.TERMINATION_HORIZON, res.error_msg
