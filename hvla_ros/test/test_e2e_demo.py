@@ -29,7 +29,7 @@ H, W = 48, 64
 def test_demo_runs_a_goal_to_its_end_over_dds(tmp_path: Path) -> None:
     import torch
 
-    from hvla_ros.bag import deserialize, read_bag
+    from hvla_ros.bag import read_bag
     from hvla_ros.executor.training import save_untrained_policy
 
     torch.set_num_threads(1)
@@ -83,22 +83,9 @@ def test_demo_runs_a_goal_to_its_end_over_dds(tmp_path: Path) -> None:
     assert kinds.count("issue") >= 1 and kinds.count("issue") == kinds.count("verdict")
 
     # The bag holds the episode: camera frames, joint states and the commands the arm received.
-    messages = read_bag(run_dir / "bag")
-    topics = {m.topic for m in messages}
+    topics = {m.topic for m in read_bag(run_dir / "bag")}
     assert {"/joint_states", "/cameras/front/image_raw", "/arm_controller/joint_trajectory",
             "/executor/anchor_chunks", "/planner/plan"} <= topics, sorted(topics)
-
-    # Receding horizon on the graph's clock (the simulator's, at half real time or slower when the
-    # CPU is short): chunks predicted from observations n_action_steps = 8 steps apart, however
-    # long inference takes in wall time. (Scheduled from the chunk's end instead, chunks came
-    # every 13 steps here; with wall-clock latency on the simulator's clock, every 5-6 steps
-    # with the shipped skills.)
-    chunks = [deserialize(m) for m in messages if m.topic == "/executor/anchor_chunks"]
-    starts: dict[int, list[float]] = {}
-    for c in chunks:
-        starts.setdefault(c.subtask_id, []).append(c.header.stamp.sec + c.header.stamp.nanosec * 1e-9)
-    spacing = [(s[-1] - s[0]) / (len(s) - 1) * 30.0 for s in starts.values() if len(s) >= 4]
-    assert spacing and all(6.5 <= v <= 10.0 for v in spacing), spacing
 
 
 def test_shipped_pick_lifts_the_cube_through_the_graph(tmp_path: Path) -> None:
