@@ -125,3 +125,37 @@ def test_observation_context_for_the_refiner(dataset, tmp_path):
     # 2 obs steps x (2 cameras x 64 keypoint features + 6 joints + 16 instruction values)
     assert tuple(ctx.shape) == (3, 2 * (2 * 64 + 6 + 16))
     assert bool(ctx.isfinite().all())
+
+
+def test_one_skill_from_several_tasks_datasets(dataset, tmp_path):
+    """A multi-task skill: frames of every dataset, segments never joined across datasets."""
+    from hvla_ros.executor.demos import load_demos, write_synthetic_dataset
+
+    blue = write_synthetic_dataset(
+        tmp_path / "blue", episodes=3, frames=10, cameras=("front", "wrist"), image_hw=(24, 32),
+        tasks=("pick up the blue cube", "place the blue cube on the yellow cube"), seed=1,
+    )
+    one = load_demos(dataset, cameras=None, image_hw=(24, 32), pattern=r"^pick up")
+    both = load_demos([dataset, blue], cameras=None, image_hw=(24, 32), pattern=r"^pick up")
+    assert len(both) == len(one) + 15 and both.num_segments == one.num_segments + 3
+    assert both.tasks == ["pick up the blue cube", "pick up the red cube"]
+    assert np.array_equal(both.state[: len(one)], one.state)
+    # the first frame of the second dataset starts its own segment
+    assert both.seg_start[len(one)] == len(one) and both.seg_end[len(one) - 1] == len(one)
+    batch = both.sample(np.array([len(one)]), n_obs_steps=2, horizon=8)
+    assert batch["action_is_pad"].numpy()[0, 0]  # history padded, not taken from dataset one
+    assert not np.allclose(both.instruction[0], both.instruction[len(one)])  # red vs blue instruction
+    out = tmp_path / "pick"
+    assert hvla(_args(dataset, out, 2)[:3] + [str(blue)] + _args(dataset, out, 2)[3:]) == 0
+    meta = json.loads((out / "hvla_policy.json").read_text())
+    assert meta["training"]["dataset"] == [str(dataset), str(blue)]
+    assert meta["tasks"] == ["pick up the blue cube", "pick up the red cube"]
+
+
+def test_datasets_that_disagree_are_refused(dataset, tmp_path):
+    from hvla_ros.executor.demos import load_demos, write_synthetic_dataset
+
+    other = write_synthetic_dataset(tmp_path / "fps", episodes=1, frames=10, cameras=("front", "wrist"),
+                                    image_hw=(24, 32), fps=15)
+    with pytest.raises(ValueError, match=r"fps.*15.*30|fps 15"):
+        load_demos([dataset, other], cameras=None, image_hw=(24, 32), pattern=r"^pick up")

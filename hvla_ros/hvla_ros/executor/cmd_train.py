@@ -36,7 +36,10 @@ def _dims(text: str) -> tuple[int, ...]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dataset", type=Path, required=True, help="LeRobotDataset root (hvla record-demos)")
+    parser.add_argument(
+        "--dataset", type=Path, nargs="+", required=True,
+        help="LeRobotDataset root(s) (hvla record-demos); several: one skill over several tasks' demonstrations",
+    )
     parser.add_argument(
         "--skill", required=True, help="skill name (selects frames by its instruction pattern)"
     )
@@ -100,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
         )
         return 2
     cfg = TrainConfig(
-        dataset=args.dataset,
+        dataset=args.dataset[0] if len(args.dataset) == 1 else list(args.dataset),
         skill=args.skill,
         out=args.out,
         steps=args.steps,

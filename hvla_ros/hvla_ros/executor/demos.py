@@ -107,6 +107,63 @@ def _task_names(ds) -> dict[int, str]:
 
 
 def load_demos(
+    root: Path | str | Sequence[Path | str],
+    *,
+    cameras: Sequence[str] | None,
+    image_hw: tuple[int, int],
+    pattern: str | None,
+    flat_instruction: str | None = None,
+    instruction_dim: int = 16,
+    max_episodes: int | None = None,
+    image_encoder: str = "pixels",
+) -> DemoData:
+    """Read the frames of one dataset, or of several concatenated, matching ``pattern``.
+
+    ``root``: a LeRobotDataset root, or a sequence of them (a multi-task skill trains on the
+    demonstrations of several tasks; they must share fps, state and action names and cameras).
+    ``max_episodes`` applies to each dataset. Other arguments: see ``_load_one``.
+    """
+    roots = [root] if isinstance(root, (str, Path)) else list(root)
+    if not roots:
+        raise ValueError("no dataset given")
+    kw = dict(cameras=cameras, image_hw=image_hw, pattern=pattern, flat_instruction=flat_instruction,
+              instruction_dim=instruction_dim, max_episodes=max_episodes, image_encoder=image_encoder)
+    parts = [_load_one(r, **kw) for r in roots]  # type: ignore[arg-type]
+    return parts[0] if len(parts) == 1 else concat_demos(parts, [str(r) for r in roots])
+
+
+def concat_demos(parts: Sequence[DemoData], names: Sequence[str]) -> DemoData:
+    """One DemoData of ``parts`` in order (segments stay within their part)."""
+    first = parts[0]
+    for name, d in zip(names[1:], parts[1:]):
+        for attr in ("fps", "state_names", "action_names", "cameras"):
+            if getattr(d, attr) != getattr(first, attr):
+                raise ValueError(
+                    f"dataset {name} has {attr} {getattr(d, attr)!r}, "
+                    f"but {names[0]} has {getattr(first, attr)!r}: they cannot train one skill"
+                )
+        if d.instruction.shape[1] != first.instruction.shape[1] or set(d.images) != set(first.images):
+            raise ValueError(f"dataset {name} has other observation features than {names[0]}")
+    offsets = np.cumsum([0] + [len(d) for d in parts[:-1]])
+    data = DemoData(
+        images={c: np.concatenate([d.images[c] for d in parts]) for c in first.images},
+        state=np.concatenate([d.state for d in parts]),
+        action=np.concatenate([d.action for d in parts]),
+        instruction=np.concatenate([d.instruction for d in parts]),
+        seg_start=np.concatenate([d.seg_start + o for d, o in zip(parts, offsets)]),
+        seg_end=np.concatenate([d.seg_end + o for d, o in zip(parts, offsets)]),
+        fps=first.fps,
+        state_names=first.state_names,
+        action_names=first.action_names,
+        tasks=sorted({t for d in parts for t in d.tasks}),
+        num_segments=sum(d.num_segments for d in parts),
+        cameras=first.cameras,
+    )
+    log.info("%d datasets: %d frames in %d segments", len(parts), len(data), data.num_segments)
+    return data
+
+
+def _load_one(
     root: Path | str,
     *,
     cameras: Sequence[str] | None,

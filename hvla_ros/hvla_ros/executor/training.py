@@ -28,7 +28,7 @@ STATE_DIR = "training_state"
 
 @dataclass
 class TrainConfig:
-    dataset: Path
+    dataset: Path | list[Path]  # one LeRobotDataset root, or several (a multi-task skill)
     skill: str
     out: Path
     steps: int = 2000
@@ -88,7 +88,7 @@ def _meta(cfg: TrainConfig, data: DemoData) -> dict[str, Any]:
         "instruction_encoding": ENCODING_NAME if cfg.instruction_dim else "none",
         "tasks": data.tasks,
         "training": {
-            k: (str(v) if isinstance(v, Path) else v)
+            k: (str(v) if isinstance(v, Path) else [str(x) for x in v] if k == "dataset" and isinstance(v, list) else v)
             for k, v in asdict(cfg).items()
             if k not in ("progress", "resume", "stop_after")
         },

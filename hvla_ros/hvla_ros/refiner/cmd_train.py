@@ -25,7 +25,8 @@ log = logging.getLogger(__name__)
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from hvla_ros.refiner.model import ABLATIONS
 
-    p.add_argument("--dataset", required=True, type=Path, help="LeRobotDataset of demonstrations")
+    p.add_argument("--dataset", required=True, type=Path, nargs="+",
+                   help="LeRobotDataset(s) of demonstrations (several: the skill's multi-task data)")
     p.add_argument("--skill", required=True, help="skill name (selects the frames by task text)")
     p.add_argument("--policy", required=True, type=Path, help="the skill's policy directory (the anchor)")
     p.add_argument("--out", required=True, type=Path, help="refiner checkpoint directory to write")
@@ -99,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
     cache_file, key = None, ""
     if args.anchor_cache is not None:
         key = tr.anchor_cache_key({
-            "policy": _digest(Path(args.policy)), "dataset": str(Path(args.dataset).resolve()),
+            "policy": _digest(Path(args.policy)), "dataset": ",".join(str(Path(d).resolve()) for d in args.dataset),
             "frames": len(data), "pattern": pattern, "max_episodes": args.max_episodes,
             "val_every": args.val_every, "seed": args.seed, "n_obs_steps": int(cfg.n_obs_steps),
             "horizon": int(cfg.horizon), "chunk_steps": anchor.chunk_size})
@@ -141,7 +142,7 @@ def run(args: argparse.Namespace) -> int:
         val_set = tr.collect(anchor, batches(np.flatnonzero(val_mask)), progress=progress)
     metrics = tr.evaluate(model, val_set)
     compact = tr.compactness(train_set, rcfg.arm_index)
-    meta = {"skill": args.skill, "policy_dir": str(args.policy), "dataset": str(args.dataset),
+    meta = {"skill": args.skill, "policy_dir": str(args.policy), "dataset": [str(d) for d in args.dataset],
             "ablation": args.ablation, "train_samples": len(train_set), "val_samples": len(val_set),
             "steps": args.steps, "seed": args.seed, "val_metrics": metrics, "compactness": compact,
             "final_loss": history[-1] if history else None}
