@@ -146,7 +146,7 @@ def test_one_skill_from_several_tasks_datasets(dataset, tmp_path):
     assert batch["action_is_pad"].numpy()[0, 0]  # history padded, not taken from dataset one
     assert not np.allclose(both.instruction[0], both.instruction[len(one)])  # red vs blue instruction
     out = tmp_path / "pick"
-    assert hvla(_args(dataset, out, 2)[:3] + [str(blue)] + _args(dataset, out, 2)[3:]) == 0
+    assert hvla([*_args(dataset, out, 2)[:3], str(blue), *_args(dataset, out, 2)[3:]]) == 0
     meta = json.loads((out / "hvla_policy.json").read_text())
     assert meta["training"]["dataset"] == [str(dataset), str(blue)]
     assert meta["tasks"] == ["pick up the blue cube", "pick up the red cube"]
