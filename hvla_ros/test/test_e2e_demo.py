@@ -83,9 +83,49 @@ def test_demo_runs_a_goal_to_its_end_over_dds(tmp_path: Path) -> None:
     assert kinds.count("issue") >= 1 and kinds.count("issue") == kinds.count("verdict")
 
     # The bag holds the episode: camera frames, joint states and the commands the arm received.
-    topics = {m.topic for m in read_bag(run_dir / "bag")}
+    messages = read_bag(run_dir / "bag")
+    topics = {m.topic for m in messages}
     assert {"/joint_states", "/cameras/front/image_raw", "/arm_controller/joint_trajectory",
             "/executor/anchor_chunks", "/planner/plan"} <= topics, sorted(topics)
+    _assert_receding_horizon(messages, step_s=1.0 / 30.0, n_action_steps=8)
+
+
+def _assert_receding_horizon(messages, step_s: float, n_action_steps: int) -> None:
+    """Chunks are predicted from observations n_action_steps apart on the graph's clock (the
+    simulator's), or, when inference takes longer than that, as soon as the previous chunk is out:
+    never more often (the executor once replanned every 5-6 steps, with wall-clock latency on the
+    simulator's clock) and never later than the previous chunk's age plus two steps."""
+    import numpy as np
+
+    from hvla_ros.bag import deserialize
+
+    def stamp(msg) -> float:
+        return msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
+
+    # Graph time when a chunk was published: the newest joint state's stamp recorded before it.
+    js = [(m.timestamp_ns, stamp(deserialize(m))) for m in messages if m.topic == "/joint_states"]
+    js_wall = np.array([w for w, _ in js])
+    js_sim = np.array([s for _, s in js])
+    per_subtask: dict[int, list[tuple[float, float]]] = {}
+    for m in messages:
+        if m.topic != "/executor/anchor_chunks":
+            continue
+        c = deserialize(m)
+        i = int(np.searchsorted(js_wall, m.timestamp_ns, side="right")) - 1
+        if i >= 0:
+            per_subtask.setdefault(c.subtask_id, []).append((stamp(c), js_sim[i] - stamp(c)))
+    checked = 0
+    for sid, rows in per_subtask.items():
+        if len(rows) < 4:
+            continue
+        stamps = np.array([r[0] for r in rows])
+        ages = np.array([r[1] for r in rows]) / step_s  # observation -> chunk out, in steps
+        spacing = np.diff(stamps) / step_s
+        med, age = float(np.median(spacing)), float(np.median(ages[:-1]))
+        assert med >= n_action_steps - 1.5, (sid, spacing.round(1).tolist())
+        assert med <= max(n_action_steps + 2.0, age + 2.0), (sid, spacing.round(1).tolist(), ages.round(1).tolist())
+        checked += 1
+    assert checked, {k: len(v) for k, v in per_subtask.items()}
 
 
 def test_shipped_pick_lifts_the_cube_through_the_graph(tmp_path: Path) -> None:
