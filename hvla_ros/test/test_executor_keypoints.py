@@ -140,3 +140,67 @@ def test_train_refiner_on_a_keypoint_skill(keypoint_policy, tmp_path):
     model, _ = load_refiner(out)
     # Context per observation step: state (6) + keypoints of two cameras + instruction (16).
     assert model.cfg.context_dim == 6 + kp.feature_dim(2) + 16
+
+
+@pytest.mark.parametrize(
+    ("text", "targets"),
+    [
+        ("pick up the red cube", ("red", None)),
+        ("place the blue cube on the yellow cube", ("blue", "yellow")),
+        ("place the red cube in the box", ("red", "grey")),
+        ("press the green button", ("green", None)),
+        ("watch the cue", (None, None)),
+    ],
+)
+def test_instruction_names_the_target_colours(text, targets):
+    assert kp.instruction_targets(text) == targets
+
+
+def test_target_block_copies_the_named_colours_features():
+    front, wrist = kp.encode_image(_scene()), kp.encode_image(_scene()[::-1].copy())
+    both = np.concatenate([front, wrist])
+    block = kp.target_block(both, 2, ("red", "grey"))
+    assert block.shape == (kp.target_dim(2),)
+    f = kp.FEATURES_PER_COLOUR
+    np.testing.assert_array_equal(block[:f], _colour(front, "red"))  # front: object
+    assert not block[f : 2 * f].any()  # front: destination grey is absent from the image
+    np.testing.assert_array_equal(block[2 * f : 3 * f], _colour(wrist, "red"))  # wrist: object
+    assert not kp.target_block(both, 2, (None, None)).any()
+    batch = kp.target_block(np.stack([both, both]), 2, ("red", None))  # works on a batch too
+    np.testing.assert_array_equal(batch[1], kp.target_block(both, 2, ("red", None)))
+
+
+def test_a_targeted_keypoint_policy_reads_what_its_instruction_names(tmp_path):
+    """--keypoint-target: training data and the runner both append the named colour's features,
+    so a policy sees the red square when told "red", nothing when told "blue"."""
+    from hvla_ros.executor.demos import load_demos, write_synthetic_dataset
+    from hvla_ros.executor.library import SkillLibrary
+    from hvla_ros.executor.runner import Observation, SkillRunner, policy_inputs
+    from hvla_ros.robot import HOME_POSITION
+
+    ds = write_synthetic_dataset(tmp_path / "demos", episodes=2, frames=20, cameras=("front", "wrist"),
+                                 image_hw=(24, 32))
+    data = load_demos(ds, cameras=["front", "wrist"], image_hw=(24, 32), pattern=r"^pick up",
+                      image_encoder=kp.ENCODER_NAME, keypoint_target=True)
+    n_kp = kp.feature_dim(2)
+    assert data.instruction.shape[1] == n_kp + kp.target_dim(2) + 16
+    out = tmp_path / "pick"
+    rc = hvla(["train-skill", "--dataset", str(ds), "--skill", "pick", "--out", str(out), "--steps", "2",
+               "--batch-size", "4", "--down-dims", "16,32", "--horizon", "8", "--n-action-steps", "4",
+               "--threads", "1", "--no-progress", "--image-encoder", "colour_keypoints", "--keypoint-target",
+               "--cameras", "front", "wrist"])
+    assert rc == 0
+    assert json.loads((out / "hvla_policy.json").read_text())["keypoint_target"] is True
+    f = tmp_path / "skills.yaml"
+    f.write_text(yaml.safe_dump({"robot": "so101", "skills": {"pick": {
+        "policy": str(out), "cameras": ["front", "wrist"], "image_encoder": "colour_keypoints",
+        "n_action_steps": 4, "denoising_steps": 2}}}))
+    skill = SkillLibrary.load(f).get("pick")
+    assert skill.bundle.keypoint_dim == n_kp + kp.target_dim(2)
+    obs = Observation(stamp=0.0, images={"front": _scene(), "wrist": _scene()}, joints=dict(HOME_POSITION))
+    red = policy_inputs(skill, obs, None, "pick up the red cube")["observation.environment_state"].numpy()
+    blue = policy_inputs(skill, obs, None, "pick up the blue cube")["observation.environment_state"].numpy()
+    np.testing.assert_array_equal(red[n_kp : n_kp + kp.FEATURES_PER_COLOUR], _colour(kp.encode_image(_scene()), "red"))
+    assert not blue[n_kp:].any()
+    chunk = SkillRunner(skill, "pick up the red cube", horizon_s=1.0).next_chunk([obs], now=0.0)
+    assert np.all(np.isfinite(chunk.positions))

@@ -70,6 +70,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=(1, 2, 3, 4),
         help="ResNet-18 stages kept in the image encoder (4 = full)",
     )
+    parser.add_argument(
+        "--keypoint-target", action="store_true",
+        help="colour keypoints: also feed the features of the colours the instruction names "
+        "(object, destination), so one policy serves instructions naming different objects",
+    )
     parser.add_argument("--instruction-dim", type=int, default=16, help="hashed instruction size (0: none)")
     parser.add_argument("--pattern", default=None, help="regex on the task text selecting the skill's frames")
     parser.add_argument(
@@ -128,6 +133,7 @@ def run(args: argparse.Namespace) -> int:
         num_threads=args.threads,
         denoising_steps=args.denoising_steps,
         image_encoder=args.image_encoder,
+        keypoint_target=args.keypoint_target,
         progress=not args.no_progress,
     )
     try:

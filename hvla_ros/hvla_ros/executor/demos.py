@@ -116,6 +116,7 @@ def load_demos(
     instruction_dim: int = 16,
     max_episodes: int | None = None,
     image_encoder: str = "pixels",
+    keypoint_target: bool = False,
 ) -> DemoData:
     """Read the frames of one dataset, or of several concatenated, matching ``pattern``.
 
@@ -127,7 +128,8 @@ def load_demos(
     if not roots:
         raise ValueError("no dataset given")
     kw = dict(cameras=cameras, image_hw=image_hw, pattern=pattern, flat_instruction=flat_instruction,
-              instruction_dim=instruction_dim, max_episodes=max_episodes, image_encoder=image_encoder)
+              instruction_dim=instruction_dim, max_episodes=max_episodes, image_encoder=image_encoder,
+              keypoint_target=keypoint_target)
     parts = [_load_one(r, **kw) for r in roots]  # type: ignore[arg-type]
     return parts[0] if len(parts) == 1 else concat_demos(parts, [str(r) for r in roots])
 
@@ -173,6 +175,7 @@ def _load_one(
     instruction_dim: int = 16,
     max_episodes: int | None = None,
     image_encoder: str = "pixels",
+    keypoint_target: bool = False,
 ) -> DemoData:
     """Read the frames of ``root`` matching ``pattern`` (regex on the task text) into memory.
 
@@ -180,7 +183,9 @@ def _load_one(
     baseline). ``instruction_dim`` 0 disables the instruction input. ``image_encoder``
     ``colour_keypoints``: no images are kept; the colour keypoints of ``cameras`` (in that order,
     see executor.keypoints) are computed from the full-size frames and put in front of the
-    instruction encoding in ``instruction`` (the policy's environment state).
+    instruction encoding in ``instruction`` (the policy's environment state); with
+    ``keypoint_target`` followed by the features of the colours each frame's instruction names
+    (``keypoints.target_block``).
     """
     import cv2
 
@@ -260,7 +265,14 @@ def _load_one(
                     arr = cv2.resize(arr, (w, h), interpolation=cv2.INTER_AREA)
                 images[c][s + j] = arr.transpose(2, 0, 1)
     if use_kp:
-        instruction = np.concatenate([keypoints, instruction], axis=1)
+        parts = [keypoints]
+        if keypoint_target:
+            target = np.zeros((rows.size, kp.target_dim(len(cams))), np.float32)
+            for t in set(instr_text):
+                sel_t = np.array([x == t for x in instr_text])
+                target[sel_t] = kp.target_block(keypoints[sel_t], len(cams), kp.instruction_targets(t))
+            parts.append(target)
+        instruction = np.concatenate([*parts, instruction], axis=1)
     names = feats[lc.STATE_KEY].get("names") or [f"s{i}" for i in range(state.shape[1])]
     anames = feats[lc.ACTION_KEY].get("names") or [f"a{i}" for i in range(action.shape[1])]
     if isinstance(names, dict):  # some datasets nest names under "motors"

@@ -45,6 +45,55 @@ KEYPOINT_PALETTE = Palette.from_dict(
 )
 
 
+#: Nouns of the task suite's instructions whose objects have a palette colour of their own.
+NOUN_COLOURS: dict[str, str] = {"box": "grey", "holder": "grey"}
+#: Target blocks (see :func:`target_block`): the object the instruction names, then its destination.
+TARGET_ROLES: tuple[str, ...] = ("object", "destination")
+
+
+def instruction_targets(text: str, colours: Sequence[str] = KEYPOINT_COLOURS) -> tuple[str | None, str | None]:
+    """(object colour, destination colour) named by an instruction, ``None`` where none is named.
+
+    The object is the first palette colour word ("pick up the *red* cube"); the destination the
+    last colour word or colour-bearing noun after it ("... on the *yellow* cube", "... in the
+    *box*" -> grey)."""
+    from hvla_ros.executor.instruction import tokens
+
+    found = [t if t in colours else NOUN_COLOURS[t] for t in tokens(text) if t in colours or t in NOUN_COLOURS]
+    obj = found[0] if found else None
+    dest = found[-1] if len(found) > 1 else None
+    return obj, dest
+
+
+def target_dim(num_cameras: int) -> int:
+    """Size of the target block for ``num_cameras`` cameras."""
+    return num_cameras * len(TARGET_ROLES) * FEATURES_PER_COLOUR
+
+
+def target_block(
+    keypoints: np.ndarray, num_cameras: int, targets: tuple[str | None, str | None],
+    colours: Sequence[str] = KEYPOINT_COLOURS,
+) -> np.ndarray:
+    """The features of the colours an instruction names, copied out of ``keypoints`` (the
+    concatenated per-camera features, last axis): per camera, the object's 5 values then the
+    destination's (zeros for a role the instruction does not name). A policy then reads "where is
+    the thing I was told to act on" directly instead of learning to select it from the text, which
+    the diffusion UNet's conditioning (FiLM, linear in its input) does poorly.
+    Works on one vector or a batch (``... x F``)."""
+    fpc = features_per_camera(colours)
+    lead = keypoints.shape[:-1]
+    out = np.zeros((*lead, target_dim(num_cameras)), np.float32)
+    for ci in range(num_cameras):
+        for ri, col in enumerate(targets):
+            if col is None:
+                continue
+            k = list(colours).index(col)
+            src = keypoints[..., ci * fpc + k * FEATURES_PER_COLOUR : ci * fpc + (k + 1) * FEATURES_PER_COLOUR]
+            o = (ci * len(TARGET_ROLES) + ri) * FEATURES_PER_COLOUR
+            out[..., o : o + FEATURES_PER_COLOUR] = src
+    return out
+
+
 class KeypointError(ValueError):
     """An image or camera set the keypoint encoder cannot use; the message names the problem."""
 

@@ -167,8 +167,11 @@ class ObservationBuffer:
         return out
 
 
-def policy_inputs(skill: Skill, obs: Observation, instruction_vec: np.ndarray | None) -> dict[str, object]:
-    """Feature dict (unbatched torch tensors) for ``skill``'s policy from one observation."""
+def policy_inputs(
+    skill: Skill, obs: Observation, instruction_vec: np.ndarray | None, instruction: str = ""
+) -> dict[str, object]:
+    """Feature dict (unbatched torch tensors) for ``skill``'s policy from one observation
+    (``instruction``: the text, for a keypoint policy with a target block)."""
     import cv2
     import torch
 
@@ -177,7 +180,7 @@ def policy_inputs(skill: Skill, obs: Observation, instruction_vec: np.ndarray | 
     bundle = skill.bundle
     out: dict[str, object] = {}
     if bundle.image_encoder != "pixels":
-        return _keypoint_inputs(skill, obs, instruction_vec)
+        return _keypoint_inputs(skill, obs, instruction_vec, instruction)
     _, h, w = bundle.image_shape
     for cam in skill.spec.cameras:
         img = obs.images.get(cam)
@@ -198,18 +201,23 @@ def policy_inputs(skill: Skill, obs: Observation, instruction_vec: np.ndarray | 
     return out
 
 
-def _keypoint_inputs(skill: Skill, obs: Observation, instruction_vec: np.ndarray | None) -> dict[str, object]:
-    """Inputs of a colour-keypoint policy: keypoints (+ instruction) as the environment state."""
+def _keypoint_inputs(
+    skill: Skill, obs: Observation, instruction_vec: np.ndarray | None, instruction: str
+) -> dict[str, object]:
+    """Inputs of a colour-keypoint policy: keypoints (+ target block + instruction) as the
+    environment state."""
     import torch
 
     from hvla_ros import lerobot_compat as lc
-    from hvla_ros.executor.keypoints import KeypointError, encode_cameras
+    from hvla_ros.executor.keypoints import KeypointError, encode_cameras, instruction_targets, target_block
 
     bundle = skill.bundle
     try:
         kps = encode_cameras(obs.images, bundle.cameras)
     except KeypointError as e:
         raise ObservationError(f"skill {skill.name!r}: {e}") from None
+    if bundle.meta.get("keypoint_target"):
+        kps = np.concatenate([kps, target_block(kps, len(bundle.cameras), instruction_targets(instruction))])
     if kps.shape[0] != bundle.keypoint_dim:
         raise ObservationError(
             f"skill {skill.name!r}: {kps.shape[0]} keypoint values, the policy expects {bundle.keypoint_dim}"
@@ -357,7 +365,7 @@ class SkillRunner:
         k = self.n_obs_steps
         hist = list(history)[-k:]
         hist = [hist[0]] * (k - len(hist)) + hist
-        inputs = [policy_inputs(self.skill, o, self._instruction_vec) for o in hist]
+        inputs = [policy_inputs(self.skill, o, self._instruction_vec, self.instruction) for o in hist]
         actions_t, context = lc.predict_chunk_with_context(self.skill.bundle, inputs, n_steps=n_steps)
         actions = actions_t.numpy()
         if not np.all(np.isfinite(actions)):

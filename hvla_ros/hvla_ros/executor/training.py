@@ -54,6 +54,7 @@ class TrainConfig:
     num_threads: int = 2
     denoising_steps: int = 10
     image_encoder: str = "pixels"  # pixels | colour_keypoints (see executor.keypoints)
+    keypoint_target: bool = False  # colour keypoints: add the instruction's target block
     progress: bool = True
 
 
@@ -78,6 +79,7 @@ def _meta(cfg: TrainConfig, data: DemoData) -> dict[str, Any]:
             keypoint_cameras=list(data.cameras),
             keypoint_colours=list(kp.KEYPOINT_COLOURS),
             instruction_dim=cfg.instruction_dim,
+            keypoint_target=cfg.keypoint_target,
         )
     return {
         **extra,
@@ -116,6 +118,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         instruction_dim=cfg.instruction_dim,
         max_episodes=cfg.max_episodes,
         image_encoder=cfg.image_encoder,
+        keypoint_target=cfg.keypoint_target,
     )
     log.info("demonstrations loaded in %.1f s", time.monotonic() - t0)
     low_dim = cfg.image_encoder != "pixels"

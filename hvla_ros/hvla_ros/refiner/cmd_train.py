@@ -78,7 +78,8 @@ def run(args: argparse.Namespace) -> int:
     h, w = bundle.image_shape[1:] if bundle.image_encoder == "pixels" else (48, 64)  # (unused for keypoints)
     data = load_demos(args.dataset, cameras=bundle.cameras, image_hw=(h, w), pattern=pattern,
                       instruction_dim=bundle.instruction_dim, max_episodes=args.max_episodes,
-                      image_encoder=bundle.image_encoder)
+                      image_encoder=bundle.image_encoder,
+                      keypoint_target=bool(bundle.meta.get("keypoint_target")))
     joints = tuple(data.action_names)
     grippers = tuple(j for r in ROBOTS.values() for j in r.gripper_joints if j in joints)
     cfg = bundle.config

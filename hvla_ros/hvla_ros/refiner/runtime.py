@@ -154,10 +154,10 @@ def observation_context_provider(skill: Any, buffer: Any, instruction: Callable[
         hist = buffer.history(n_obs, period, until=start)
         if not hist:
             return None
-        instr = None
+        instr, text = None, instruction()
         if skill.bundle.instruction_dim > 0:
-            instr = encode_instruction(instruction(), skill.bundle.instruction_dim)
-        inputs = [policy_inputs(skill, o, instr) for o in hist]
+            instr = encode_instruction(text, skill.bundle.instruction_dim)
+        inputs = [policy_inputs(skill, o, instr, text) for o in hist]
         batch = {k: torch.stack([i[k] for i in inputs])[None] for k in inputs[0]}  # type: ignore[misc]
         with torch.no_grad():
             return anchor.encode(batch)[0]
