@@ -32,3 +32,21 @@ def test_eval_reports_missing_skills(tmp_path):
     f = tmp_path / "skills.yaml"
     f.write_text(yaml.safe_dump({"skills": {"observe": {"policy": "hold"}}}))
     assert hvla(["eval-skills", "--task", "cube_in_box", "--seeds", "0", "--skills-file", str(f)]) == 2
+
+
+def test_observe_subtasks_last_as_long_as_their_cue(tmp_path):
+    """An observe subtask carries the cue's duration: eval-skills holds that long (the skill's
+    default of 0.5 s, or --horizon-s, would end it before the cue and judge it failed)."""
+    from hvla_ros.executor.training import save_untrained_policy
+
+    pol = save_untrained_policy(tmp_path / "pol", cameras=["front"], joint_names=JOINTS, image_hw=(24, 32),
+                                down_dims=(16, 32, 64), backbone_stages=1)
+    entry = {"policy": str(pol), "cameras": ["front"], "n_action_steps": 8, "denoising_steps": 2}
+    f = tmp_path / "skills.yaml"
+    f.write_text(yaml.safe_dump({"skills": {"pick": entry, "place": entry,
+                                            "observe": {"policy": "hold", "default_horizon_s": 0.5}}}))
+    out = tmp_path / "eval.json"
+    args = ["eval-skills", "--task", "observe_then_pick", "--seeds", "0", "--skills-file", str(f),
+            "--horizon-s", "0.3", "--image-size", "48x64", "--threads", "1", "--out", str(out)]
+    assert hvla(args) == 0
+    assert json.loads(out.read_text())["episodes"][0]["subtasks"] == [True, False, False]

@@ -50,7 +50,11 @@ def run_episode(world: Any, lib: Any, seed: int, *, horizon_s: float | None, ima
         if i < expert_subtasks:
             continue
         skill = lib.get(sub.skill)
-        runner = SkillRunner(skill, sub.instruction, horizon_s, max_obs_age_s=1e9)
+        # A subtask that says how long it lasts (observe: the cue's duration, written to 0.1 s)
+        # gets that horizon, plus the rounding.
+        own = float(sub.parameters["horizon_s"]) + 0.1 if "horizon_s" in sub.parameters else None
+        runner = SkillRunner(skill, sub.instruction, own if own and skill.spec.is_hold else horizon_s,
+                             max_obs_age_s=1e9)
         buf = ObservationBuffer(maxlen=8)
 
         def observe(buf: ObservationBuffer = buf) -> None:
