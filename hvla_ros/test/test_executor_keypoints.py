@@ -122,7 +122,8 @@ def test_shipped_keypoint_library_loads():
     from hvla_ros.executor.library import SkillLibrary, package_dir
 
     lib = SkillLibrary.load(package_dir() / "config" / "skills_keypoints.yaml")
-    for name in ("pick", "place"):
+    assert lib.names() == sorted(SkillLibrary.load().names())  # the default library is this one
+    for name in ("pick", "place", "push", "press"):
         skill = lib.get(name)
         assert skill.bundle.image_encoder == "colour_keypoints"
         assert skill.bundle.cameras == ["front", "wrist"]
