@@ -205,3 +205,15 @@ def test_a_targeted_keypoint_policy_reads_what_its_instruction_names(tmp_path):
     assert not blue[n_kp:].any()
     chunk = SkillRunner(skill, "pick up the red cube", horizon_s=1.0).next_chunk([obs], now=0.0)
     assert np.all(np.isfinite(chunk.positions))
+
+
+def test_shipped_multitask_library_reads_what_the_instruction_names():
+    from hvla_ros.executor.library import SkillLibrary, package_dir
+
+    lib = SkillLibrary.load(package_dir() / "config" / "skills_multitask.yaml")
+    assert lib.names() == sorted(SkillLibrary.load().names())
+    for name in ("pick", "place", "press"):
+        bundle = lib.get(name).bundle
+        assert bundle.meta["keypoint_target"] is True
+        assert bundle.keypoint_dim == kp.feature_dim(2) + kp.target_dim(2)
+    assert "pick up the blue cube" in lib.get("pick").bundle.meta["tasks"]
