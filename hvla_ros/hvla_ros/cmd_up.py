@@ -171,6 +171,8 @@ class ManagedGraph:
             frames.snapshot(f"{tag} ({STATE_NAMES.get(plan.state, plan.state)})")
 
         node.on_plan(on_plan)
+        if self.graph.hardware == "sim":
+            self._reset_sim(node, runner)
         print(f"[hvla] goal: {goal!r}", flush=True)
         started = time.monotonic()
         handle_future = node.send_goal(goal)
@@ -206,6 +208,20 @@ class ManagedGraph:
         report = write_report(self.run_dir / "report", log_path, frames.frames, extra)
         print(f"[hvla] episode report: {report}", flush=True)
         return 0 if r.success else 1
+
+    def _reset_sim(self, node: Any, runner: Any) -> None:
+        """Start the episode from the task's initial state: the graph took seconds to come up
+        and the simulator's timed events (observe_then_pick's cue lights for its first second,
+        button_sequence's flashes) would be over before the planner saw them."""
+        deadline = time.monotonic() + 10.0
+        while not node.service_ready("sim_reset") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        res = self._wait(node.reset_sim(), 10.0, runner) if node.service_ready("sim_reset") else None
+        if res is None or not res.success:
+            why = res.message if res is not None else "no answer from the simulator's reset service"
+            print(f"[hvla] warning: simulator not reset before the goal ({why})", flush=True)
+        else:
+            print(f"[hvla] simulator {res.message}", flush=True)
 
     def _wait(self, future: Any, timeout: float, runner: Any, *, interruptible: bool = True) -> Any:
         deadline = time.monotonic() + timeout

@@ -21,6 +21,7 @@ from rclpy.action import ActionClient
 from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.node import Node
 from std_msgs.msg import Bool
+from std_srvs.srv import Trigger
 
 from hvla_interfaces.action import ExecuteGoal
 from hvla_interfaces.msg import PlanState, SafetyStatus, SubtaskOutcome
@@ -127,6 +128,7 @@ class OperatorClient(Node):
                                          callback_group=self._group)
         self._paused = self.create_client(SetPaused, topics.SET_PAUSED_SERVICE, callback_group=self._group)
         self._estop = self.create_client(SetEStop, topics.SET_ESTOP_SERVICE, callback_group=self._group)
+        self._sim_reset = self.create_client(Trigger, topics.SIM_RESET_SERVICE, callback_group=self._group)
         self.plan: PlanState | None = None
         self._plan_listeners: list[Callable[[PlanState], None]] = []
         self.create_subscription(PlanState, topics.PLAN_STATE, self._on_plan, LATCHED_QOS,
@@ -169,5 +171,10 @@ class OperatorClient(Node):
     def set_estop(self, engage: bool, reason: str) -> Any:
         return self._estop.call_async(SetEStop.Request(engage=engage, reason=reason))
 
+    def reset_sim(self) -> Any:
+        """Reset the simulator to its task and seed (its clock runs on): returns the call's future."""
+        return self._sim_reset.call_async(Trigger.Request())
+
     def service_ready(self, which: str) -> bool:
-        return bool({"paused": self._paused, "estop": self._estop}[which].service_is_ready())
+        clients = {"paused": self._paused, "estop": self._estop, "sim_reset": self._sim_reset}
+        return bool(clients[which].service_is_ready())

@@ -61,6 +61,8 @@ def test_demo_runs_a_goal_to_its_end_over_dds(tmp_path: Path) -> None:
     # 0: goal succeeded, 1: goal failed cleanly; anything else is a graph or operator error.
     assert out.returncode in (0, 1), text + logs
     assert "[hvla] all lifecycle nodes active" in text
+    # the episode starts from the task's initial state (timed cues start with the goal)
+    assert "[hvla] simulator reset task 'cube_in_box' with seed 1" in text
     assert "1. [pick] pick up the red cube" in text and "2. [place] place the red cube in the box" in text
     verdict = re.search(r"goal (SUCCEEDED|FAILED) in", text)
     assert verdict, text
