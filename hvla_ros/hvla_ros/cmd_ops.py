@@ -93,10 +93,7 @@ def _dispatch(node: Any, args: argparse.Namespace) -> int:
 
 
 def _call(node: Any, which: str, call: Any, timeout: float, done_text: str) -> int:
-    deadline = time.monotonic() + timeout
-    while not node.service_ready(which) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    if not node.service_ready(which):
+    if not node.wait_for_service(which, timeout):
         print(f"the {which} service is not available (is the graph running?)")
         return 1
     response = _wait(call(), timeout)

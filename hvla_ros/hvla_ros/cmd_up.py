@@ -213,10 +213,7 @@ class ManagedGraph:
         """Start the episode from the task's initial state: the graph took seconds to come up
         and the simulator's timed events (observe_then_pick's cue lights for its first second,
         button_sequence's flashes) would be over before the planner saw them."""
-        deadline = time.monotonic() + 10.0
-        while not node.service_ready("sim_reset") and time.monotonic() < deadline:
-            time.sleep(0.05)
-        res = self._wait(node.reset_sim(), 10.0, runner) if node.service_ready("sim_reset") else None
+        res = self._wait(node.reset_sim(), 10.0, runner) if node.wait_for_service("sim_reset", 10.0) else None
         if res is None or not res.success:
             why = res.message if res is not None else "no answer from the simulator's reset service"
             print(f"[hvla] warning: simulator not reset before the goal ({why})", flush=True)

@@ -178,3 +178,10 @@ class OperatorClient(Node):
     def service_ready(self, which: str) -> bool:
         clients = {"paused": self._paused, "estop": self._estop, "sim_reset": self._sim_reset}
         return bool(clients[which].service_is_ready())
+
+    def wait_for_service(self, which: str, timeout: float) -> bool:
+        """Poll until the ``which`` service (see :meth:`service_ready`) is up; False after ``timeout`` s."""
+        deadline = time.monotonic() + timeout
+        while not self.service_ready(which) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return self.service_ready(which)
