@@ -14,7 +14,8 @@ memory tasks; memory 6.7% -> 35.3%; verify+reflect 8.0% -> 28.0%). The paper's n
 RMBench with its own policies; ours are on this project's SO-101 tasks and shipped skills, so
 compare the direction and size of the effects, not the absolute values.
 
-    .venv/bin/python benchmarks/bench_e2e.py --seeds 5 --tasks cube_in_box observe_then_pick
+    .venv/bin/python benchmarks/bench_e2e.py --seeds 5 --tasks cube_in_box observe_then_pick \
+        --task-skills observe_then_pick=hvla_ros/hvla_ros/config/skills_multitask.yaml
     .venv/bin/python benchmarks/bench_e2e.py --quick
 """
 
@@ -59,17 +60,32 @@ def configurations() -> dict[str, object]:
     }
 
 
+def _task_skills(pairs: list[str]) -> dict[str, str]:
+    """``TASK=FILE`` pairs -> {task: skills file}."""
+    out = {}
+    for pair in pairs:
+        task, sep, path = pair.partition("=")
+        if not sep or not task or not path:
+            raise SystemExit(f"--task-skills {pair!r}: expected TASK=FILE")
+        out[task] = path
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", nargs="*", default=None, help="task ids (default: every single-arm task)")
     parser.add_argument("--seeds", type=int, default=5, help="seeds per task and configuration")
+    parser.add_argument("--first-seed", type=int, default=0, help="seeds are first-seed .. first-seed+seeds-1")
     parser.add_argument("--configs", nargs="*", default=None, help="subset of configurations")
     parser.add_argument("--skills-file", default="", help="skill library (default: the shipped one)")
+    parser.add_argument("--task-skills", nargs="*", default=[], metavar="TASK=FILE",
+                        help="another skill library for one task (e.g. observe_then_pick=<multi-task skills file>)")
     parser.add_argument("--image-size", type=int, nargs=2, default=(240, 320), metavar=("H", "W"))
     parser.add_argument("--quick", action="store_true", help="1 seed, 1 task, full + flat only")
     parser.add_argument("--flat-skills-file", default="", help="flat baselines (default: config/skills_flat.yaml)")
     parser.add_argument("--flat-horizon-s", type=float, default=15.0,
                         help="how long a flat policy runs (the whole task; expert episodes take 7-30 s)")
+    parser.add_argument("--name", default="e2e", help="result file name under benchmarks/results/")
     args = parser.parse_args()
 
     import torch
@@ -81,31 +97,50 @@ def main() -> int:
 
     torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2))
     tasks = args.tasks or sorted(t for t, cls in TASKS.items() if cls.robot_name == "so101")
+    unknown = [t for t in tasks if t not in TASKS]
+    if unknown:
+        raise SystemExit(f"--tasks: unknown {unknown}; known: {sorted(TASKS)}")
     configs = configurations()
     wanted = args.configs or (["full", "flat"] if args.quick else [*configs, "flat"])
+    bad = [c for c in wanted if c != "flat" and c not in configs]
+    if bad:
+        raise SystemExit(f"--configs: unknown {bad}; known: {[*configs, 'flat']}")
     if args.quick:
         tasks, args.seeds = tasks[:1], 1
-    library = SkillLibrary.load(args.skills_file or None)
+    seeds = range(args.first_seed, args.first_seed + args.seeds)
+    per_task = _task_skills(args.task_skills)
+    default_library = SkillLibrary.load(args.skills_file or None)
+    libraries = {t: SkillLibrary.load(per_task[t]) if t in per_task else default_library for t in tasks}
     flat_library = SkillLibrary.load(args.flat_skills_file or package_dir() / "config" / "skills_flat.yaml")
     system = SystemConfig(image_size=tuple(args.image_size))
+    # Several rows name the same planner configuration (full = memory:full = verify:full = ...):
+    # each distinct configuration runs once and its episodes fill every row that names it.
+    same_as: dict[str, str] = {}
+    for name in wanted:
+        if name != "flat":
+            same_as[name] = next((o for o in same_as.values() if configs[o] == configs[name]), name)
     results: dict[str, dict[str, list[bool]]] = {c: {} for c in wanted}
     wall: dict[str, float] = {}
     log_dir = Path(tempfile.mkdtemp(prefix="hvla_bench_e2e_"))
     skipped: list[str] = []
     for name in wanted:
+        if name != "flat" and same_as[name] != name:
+            results[name], wall[name] = results[same_as[name]], wall[same_as[name]]
+            continue
         t0 = time.monotonic()
         for task in tasks:
             outcomes = results[name].setdefault(task, [])
-            for seed in range(args.seeds):
+            for seed in seeds:
                 if name == "flat":
                     flat = f"flat_{task}"
                     if flat not in flat_library.names():
                         skipped.append(f"flat/{task}: no skill {flat!r} in the flat library")
+                        del results[name][task]
                         break
                     score = run_flat_episode(task, seed, flat_library, flat, horizon_s=args.flat_horizon_s,
                                              config=system)
                 else:
-                    score = run_episode(task, seed, library, RuleBasedReasoner(), log_dir,
+                    score = run_episode(task, seed, libraries[task], RuleBasedReasoner(), log_dir,
                                         planner_config=configs[name], config=system)  # type: ignore[arg-type]
                 outcomes.append(score.success)
                 print(f"  {name:24s} {task:22s} seed {seed}: {'success' if score.success else 'fail'} "
@@ -113,21 +148,27 @@ def main() -> int:
         wall[name] = time.monotonic() - t0
 
     rows = []
-    figures: dict[str, object] = {"tasks": tasks, "seeds": args.seeds, "configs": {}}
+    figures: dict[str, object] = {"tasks": tasks, "seeds": list(seeds), "configs": {},
+                                  "skills_files": {t: per_task.get(t, args.skills_file or "default")
+                                                   for t in tasks}}
     for name in wanted:
-        per_task = {t: (100.0 * sum(v) / len(v) if v else float("nan")) for t, v in results[name].items()}
+        per_task_pct = {t: (100.0 * sum(v) / len(v) if v else float("nan")) for t, v in results[name].items()}
         runs = [x for v in results[name].values() for x in v]
         mean = 100.0 * sum(runs) / len(runs) if runs else float("nan")
-        rows.append([name, f"{mean:.1f}", PAPER.get(name, "–"), len(runs), f"{wall[name]:.0f}"])
-        figures["configs"][name] = {"success_pct": mean, "per_task_pct": per_task,  # type: ignore[index]
-                                    "episodes": len(runs), "wall_s": wall[name],
-                                    "paper_pct": PAPER.get(name)}
-    print_table("End-to-end success (%) over the task suite", ["configuration", "ours", "paper", "episodes",
-                                                              "wall s"], rows)
+        alias = same_as.get(name, name)
+        label = name if alias == name else f"{name} (= {alias})"
+        rows.append([label, f"{mean:.1f}", *(f"{per_task_pct.get(t, float('nan')):.0f}" for t in tasks),
+                     PAPER.get(name, "–"), len(runs)])
+        figures["configs"][name] = {"success_pct": mean, "per_task_pct": per_task_pct,  # type: ignore[index]
+                                    "episodes": len(runs), "wall_s": wall.get(name, 0.0),
+                                    "same_run_as": alias, "paper_pct": PAPER.get(name),
+                                    "outcomes": results[name]}
+    print_table("End-to-end success (%) over the task suite",
+                ["configuration", "ours (mean)", *tasks, "paper", "episodes"], rows)
     if skipped:
         print("\nskipped: " + "; ".join(sorted(set(skipped))))
     figures["skipped"] = sorted(set(skipped))
-    write_result("e2e", figures, notes="paper numbers: Goal2Skill on RMBench; ours: SO-101 sim tasks")
+    write_result(args.name, figures, notes="paper numbers: Goal2Skill on RMBench; ours: SO-101 sim tasks")
     return 0
 
 

@@ -20,6 +20,7 @@ of one colour merge into one blob, and the palette must be re-tuned for a real c
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 
 import cv2
@@ -51,7 +52,8 @@ NOUN_COLOURS: dict[str, str] = {"box": "grey", "holder": "grey"}
 TARGET_ROLES: tuple[str, ...] = ("object", "destination")
 
 
-def instruction_targets(text: str, colours: Sequence[str] = KEYPOINT_COLOURS) -> tuple[str | None, str | None]:
+@functools.lru_cache(maxsize=256)  # called on every observation with the subtask's instruction
+def instruction_targets(text: str, colours: tuple[str, ...] = KEYPOINT_COLOURS) -> tuple[str | None, str | None]:
     """(object colour, destination colour) named by an instruction, ``None`` where none is named.
 
     The object is the first palette colour word ("pick up the *red* cube"); the destination the
