@@ -62,12 +62,21 @@ def test_combine_pools_a_variants_seed_ranges(tmp_path, capsys):
                     "f0": doc("full", range(0, 8), set(range(8))), "dup": doc("anchor", range(0, 2), set())}.items():
         files.append(tmp_path / f"{name}.json")
         files[-1].write_text(json.dumps(d))
-    assert hvla(["eval-refiner", "--combine", *map(str, files)]) == 0
+    pooled = tmp_path / "pooled.json"
+    assert hvla(["eval-refiner", "--combine", *map(str, files), "--out", str(pooled)]) == 0
     rows = {ln.split()[0]: ln.split() for ln in capsys.readouterr().out.splitlines() if ln.startswith("  ")}
     assert rows["anchor"][1:4] == ["8", "4", "50.0%"]  # seeds 0-7 pooled; the repeated seeds 0-1 count once
     assert rows["full"][1:5] == ["8", "8", "100.0%", "+50.0"]
     # Paired over the same seeds: full won the 4 seeds the anchor lost and lost none.
     assert rows["full"][-2:] == ["4/0", "0.12"]
+    # The pooled table as a result file: the same figures, with its date and machine.
+    record = json.loads(pooled.read_text())
+    assert record["date"] and record["machine"]["cores"] and record["sources"] == [f.name for f in files]
+    table = record["tasks"]["cube_in_box"]
+    assert list(table) == ["anchor", "full"]
+    assert (table["anchor"]["n"], table["anchor"]["successes"]) == (8, 4)
+    assert table["full"]["vs_anchor"] == {"won": 4, "lost": 0, "mcnemar_p": 0.125}
+    assert table["full"]["ci95"][0] > 0.6 and len(table["full"]["episodes"]) == 8
 
 
 def test_paired_comparison_and_interval():

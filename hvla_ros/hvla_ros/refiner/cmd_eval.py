@@ -167,7 +167,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="run with the graph's timing: each chunk's first N steps are stale by the time it "
                         "reaches the arm, which executes the previous chunk meanwhile (0: lockstep, no "
                         "latency; through the graph on a 2-core CPU chunks arrive ~7 steps late)")
-    p.add_argument("--out", type=Path, default=None, help="write all results as JSON")
+    p.add_argument("--out", type=Path, default=None,
+                   help="write all results as JSON (with --combine: the pooled table)")
     p.add_argument("--combine", type=Path, nargs="+", default=None, metavar="JSON",
                    help="print one table from earlier --out files (runs nothing)")
 
@@ -214,7 +215,7 @@ def run(args: argparse.Namespace) -> int:
     from hvla_ros.sim.world import SimWorld
 
     if args.combine:
-        return _combine(args.combine)
+        return _combine(args.combine, args.out)
     if args.refiners is None and args.variants.strip() != "anchor":
         log.error("--refiners is required unless --variants is anchor or --combine is given")
         return 2
@@ -281,9 +282,11 @@ def run(args: argparse.Namespace) -> int:
     return 0 if report["tasks"] else 2
 
 
-def _combine(files: list[Path]) -> int:
+def _combine(files: list[Path], out: Path | None = None) -> int:
     """One table per task from several ``--out`` files (variants or seed ranges run in separate
-    processes; a variant's episodes over several files are pooled)."""
+    processes; a variant's episodes over several files are pooled). With ``out``, the pooled
+    table is written there too: per variant the rate, its 95% interval and the paired comparison
+    with the anchor, with the date and the machine."""
     tasks: dict[str, dict[str, Any]] = {}
     for f in files:
         try:
@@ -304,8 +307,38 @@ def _combine(files: list[Path]) -> int:
                 into[v] = {**into[v], "episodes": eps, "n": len(eps), "successes": k, "success": k / len(eps)}
     order = ["anchor", *PAPER_DELTA]
     for task, rows in tasks.items():
-        _print_task(task, {v: rows[v] for v in sorted(rows, key=lambda v: order.index(v) if v in order else 99)})
+        tasks[task] = {v: rows[v] for v in sorted(rows, key=lambda v: order.index(v) if v in order else 99)}
+        _print_task(task, tasks[task])
+    if out is not None and tasks:
+        out.write_text(json.dumps(_combined_record(tasks, files), indent=1) + "\n")
+        print(f"\npooled results written to {out}")
     return 0 if tasks else 2
+
+
+def _combined_record(tasks: dict[str, dict[str, Any]], files: list[Path]) -> dict[str, Any]:
+    import datetime
+    import os
+    import platform
+
+    record: dict[str, Any] = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": {"cores": os.cpu_count(), "cpu": platform.processor() or platform.machine(),
+                    "python": platform.python_version(), "os": platform.platform()},
+        "sources": [f.name for f in files], "paper_delta_points": PAPER_DELTA, "tasks": {}}
+    for task, rows in tasks.items():
+        base = rows.get("anchor", {}).get("episodes")
+        table = {}
+        for v, r in rows.items():
+            n = int(r.get("n", len(r.get("episodes", []))))
+            k = int(r.get("successes", round(r["success"] * n)))
+            row = {"n": n, "successes": k, "success": k / n if n else 0.0, "ci95": list(wilson_interval(k, n)),
+                   "compactness": r.get("compactness") or {}, "episodes": r.get("episodes", [])}
+            if base and v != "anchor" and r.get("episodes"):
+                won, lost, pval = paired_comparison(base, r["episodes"])
+                row["vs_anchor"] = {"won": won, "lost": lost, "mcnemar_p": pval}
+            table[v] = row
+        record["tasks"][task] = table
+    return record
 
 
 def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
