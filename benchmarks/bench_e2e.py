@@ -129,7 +129,7 @@ def main() -> int:
     if not args.skills_file:
         per_task = {**{t: str(package_dir() / f) for t, f in DEFAULT_TASK_SKILLS.items()}, **per_task}
     default_library = SkillLibrary.load(args.skills_file or None)
-    loaded = {f: SkillLibrary.load(f) for f in sorted(set(per_task.values()))}
+    loaded = {f: SkillLibrary.load(f) for f in sorted({per_task[t] for t in tasks if t in per_task})}
     libraries = {t: loaded[per_task[t]] if t in per_task else default_library for t in tasks}
     # A task the library has no skill for would only measure the planner giving up: skipped, named.
     skipped: list[str] = []
