@@ -60,11 +60,6 @@ def configurations() -> dict[str, object]:
     }
 
 
-#: Tasks whose objects are not the red cube run the multi-task pick/place (package-relative).
-DEFAULT_TASK_SKILLS = {"observe_then_pick": "config/skills_multitask.yaml",
-                       "stack_blue_on_yellow": "config/skills_multitask.yaml"}
-
-
 def _task_skills(pairs: list[str]) -> dict[str, str]:
     """``TASK=FILE`` pairs -> {task: skills file}."""
     out: dict[str, str] = {}
@@ -94,8 +89,8 @@ def main() -> int:
     parser.add_argument("--configs", nargs="*", default=None, help="subset of configurations")
     parser.add_argument("--skills-file", default="", help="skill library (default: the shipped one)")
     parser.add_argument("--task-skills", nargs="*", default=[], metavar="TASK=FILE",
-                        help="another skill library for one task (default without --skills-file: the multi-task "
-                             f"library for {sorted(DEFAULT_TASK_SKILLS)})")
+                        help="another skill library for one task (default without --skills-file: the task's "
+                             "shipped library, hvla_ros.executor.library.TASK_SKILL_LIBRARIES)")
     parser.add_argument("--image-size", type=int, nargs=2, default=(240, 320), metavar=("H", "W"))
     parser.add_argument("--quick", action="store_true", help="1 seed, 1 task, full + flat only")
     parser.add_argument("--flat-skills-file", default="", help="flat baselines (default: config/skills_flat.yaml)")
@@ -106,7 +101,7 @@ def main() -> int:
 
     import torch
 
-    from hvla_ros.executor.library import SkillLibrary, package_dir
+    from hvla_ros.executor.library import TASK_SKILL_LIBRARIES, SkillLibrary, package_dir, skills_file_for_task
     from hvla_ros.planner.rule_based import RuleBasedReasoner
     from hvla_ros.planner.templates import load_templates
     from hvla_ros.sim.tasks import TASKS
@@ -127,7 +122,7 @@ def main() -> int:
     seeds = range(args.first_seed, args.first_seed + args.seeds)
     per_task = _task_skills(args.task_skills)
     if not args.skills_file:
-        per_task = {**{t: str(package_dir() / f) for t, f in DEFAULT_TASK_SKILLS.items()}, **per_task}
+        per_task = {**{t: str(skills_file_for_task(t)) for t in TASK_SKILL_LIBRARIES}, **per_task}
     default_library = SkillLibrary.load(args.skills_file or None)
     loaded = {f: SkillLibrary.load(f) for f in sorted({per_task[t] for t in tasks if t in per_task})}
     libraries = {t: loaded[per_task[t]] if t in per_task else default_library for t in tasks}

@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from hvla_ros.executor.library import TASK_SKILL_LIBRARIES, skills_file_for_task
 from hvla_ros.refiner.shipped import shipped_refiner_dir
 from hvla_ros.robot import ROBOTS, get_robot
 
@@ -47,7 +48,8 @@ LAUNCH_ARGUMENTS: tuple[LaunchArgument, ...] = (
     LaunchArgument("reasoner_url", "", "base URL of the OpenAI-compatible server (openai backend)"),
     LaunchArgument("segmenter", "classical", "perception segmenter backend", SEGMENTERS),
     LaunchArgument("segmenter_checkpoint", "", "checkpoint file for SAM-family segmenters"),
-    LaunchArgument("skills_file", "", "skill library YAML; empty: the shipped skills"),
+    LaunchArgument("skills_file", "", "skill library YAML; empty: the shipped skills (on the simulator, the "
+                   "multi-task library for the tasks the default skills were not trained on)"),
     LaunchArgument("refine", "auto", "AnchorRefine refinement: true (needs trained refiners: refiner_dir), false "
                    "(pass-through: same timing, same safety layer), auto (on when refiners are available: "
                    "refiner_dir given, or the shipped skills with their shipped refiners)", ("auto", "true", "false")),
@@ -201,6 +203,10 @@ def build_graph(overrides: dict[str, str] | None = None) -> Graph:
         merged["use_sim_time"] = use_sim_time
         return merged
 
+    skills_file = args["skills_file"]
+    if not skills_file and hardware == "sim" and args["task"] in TASK_SKILL_LIBRARIES:
+        # a task the default skills were not trained for: the shipped library that was
+        skills_file = str(skills_file_for_task(args["task"]))
     nodes: list[NodeSpec] = []
     if hardware == "sim":
         nodes.append(NodeSpec(
@@ -215,11 +221,11 @@ def build_graph(overrides: dict[str, str] | None = None) -> Graph:
         description="box-prompted distractor masks, propagated every frame; filtered images"))
     nodes.append(NodeSpec(
         "executor", "executor_node", lifecycle=True,
-        parameters=section("executor", skills_file=args["skills_file"], robot=robot.name,
+        parameters=section("executor", skills_file=skills_file, robot=robot.name,
                            **lifecycle_autostart),
         description="diffusion-policy skills emitting anchor action chunks"))
     # The shipped refiners were trained against the shipped skills: the default only with those.
-    refiner_dir = args["refiner_dir"] or ("" if args["skills_file"] else str(shipped_refiner_dir()))
+    refiner_dir = args["refiner_dir"] or ("" if skills_file else str(shipped_refiner_dir()))
     if str(args["refine"]).strip().lower() == "auto":
         refine = bool(refiner_dir) and Path(refiner_dir).is_dir()
     else:
@@ -227,7 +233,7 @@ def build_graph(overrides: dict[str, str] | None = None) -> Graph:
     nodes.append(NodeSpec(
         "refiner", "refiner_node", lifecycle=True,
         parameters=section("refiner", robot=robot.name, refine=refine,
-                           skills_file=args["skills_file"],
+                           skills_file=skills_file,
                            **({"refiner_dir": refiner_dir} if refiner_dir else {}),
                            **lifecycle_autostart),
         description="AnchorRefine + last-line safety; streams JointTrajectory to the controllers"))

@@ -43,6 +43,24 @@ def test_bimanual_task_selects_the_bimanual_robot() -> None:
     assert graph.node("perception").parameters["cameras"] == ["front", "left_wrist", "right_wrist"]
 
 
+def test_a_task_the_default_skills_were_not_trained_for_gets_its_shipped_library() -> None:
+    from hvla_ros.executor.library import default_skills_file, skills_file_for_task
+
+    graph = g.build_graph({"task": "observe_then_pick"})
+    assert graph.goal == "watch which cube lights up, then put that cube in the box"
+    executor, refiner = graph.node("executor").parameters, graph.node("refiner").parameters
+    assert Path(executor["skills_file"]).name == "skills_multitask.yaml" and Path(executor["skills_file"]).is_file()
+    assert refiner["skills_file"] == executor["skills_file"]
+    # the shipped refiners were trained on the default skills: not applied to these
+    assert refiner["refine"] is False and "refiner_dir" not in refiner
+    assert skills_file_for_task("cube_in_box") == default_skills_file()
+    # an explicit library wins; the default task keeps the default skills and their refiners
+    given = g.build_graph({"task": "observe_then_pick", "skills_file": "mine.yaml"})
+    assert given.node("executor").parameters["skills_file"] == "mine.yaml"
+    default = g.build_graph()
+    assert default.node("executor").parameters["skills_file"] == "" and default.node("refiner").parameters["refine"]
+
+
 def _tasks() -> set[str]:
     from hvla_ros.sim.tasks import TASKS
 

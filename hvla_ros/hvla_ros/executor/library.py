@@ -83,6 +83,21 @@ def default_skills_file() -> Path:
     return package_dir() / "config" / "skills.yaml"
 
 
+#: Simulated tasks whose objects the default (single-task, red cube) pick and place were not
+#: trained on, and the shipped library that was (package-relative). The graph on the simulator,
+#: ``hvla eval-refiner`` and the benchmarks use it when no skills file is given.
+TASK_SKILL_LIBRARIES: dict[str, str] = {
+    "observe_then_pick": "config/skills_multitask.yaml",
+    "stack_blue_on_yellow": "config/skills_multitask.yaml",
+}
+
+
+def skills_file_for_task(task: str) -> Path:
+    """The shipped skill library for a simulated task (the default one unless listed above)."""
+    rel = TASK_SKILL_LIBRARIES.get(task)
+    return package_dir() / rel if rel else default_skills_file()
+
+
 @dataclass(frozen=True)
 class SkillSpec:
     """One validated skill entry."""

@@ -157,7 +157,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--refiners", type=Path, default=None, help="root of <variant>/<skill>/ refiner checkpoints")
     p.add_argument("--variants", default=",".join(["anchor", *ABLATIONS]),
                    help="comma-separated: anchor and/or ablation names")
-    p.add_argument("--skills-file", default=None, help="skill library (default: the shipped one)")
+    p.add_argument("--skills-file", default=None,
+                   help="skill library (default: the task's shipped one, e.g. the multi-task skills for "
+                        "stack_blue_on_yellow)")
     p.add_argument("--horizon-s", type=float, default=None, help="per-subtask horizon (default: skill's)")
     p.add_argument("--image-size", default="96x128", help="rendered HxW (the policy resizes)")
     p.add_argument("--threads", type=int, default=2)
@@ -211,7 +213,7 @@ def _anchor_weights(lib: Any, anchors: dict[str, Path]) -> Iterator[None]:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from hvla_ros.executor.library import SkillConfigError, SkillLibrary
+    from hvla_ros.executor.library import SkillConfigError, SkillLibrary, skills_file_for_task
     from hvla_ros.sim.world import SimWorld
 
     if args.combine:
@@ -221,11 +223,21 @@ def run(args: argparse.Namespace) -> int:
         return 2
     torch.set_num_threads(args.threads)
     h, w = (int(v) for v in args.image_size.lower().split("x"))
-    try:
-        lib = SkillLibrary.load(args.skills_file)
-    except SkillConfigError as exc:
-        log.error("%s", exc)
-        return 2
+    libraries: dict[str, Any] = {}
+
+    def library_for(task: str) -> Any:
+        """--skills-file, else the task's shipped library (loaded once per file)."""
+        path = str(args.skills_file or skills_file_for_task(task))
+        if path not in libraries:
+            libraries[path] = SkillLibrary.load(path)
+        return libraries[path]
+
+    if args.skills_file:
+        try:
+            library_for("")
+        except SkillConfigError as exc:
+            log.error("%s", exc)
+            return 2
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = [v for v in variants if v != "anchor" and v not in PAPER_DELTA]
     if unknown:
@@ -243,6 +255,11 @@ def run(args: argparse.Namespace) -> int:
             log.error("task %r is not available in the sim: %s", task, exc)
             continue
         try:
+            try:
+                lib = library_for(task)
+            except SkillConfigError as exc:
+                log.error("%s", exc)
+                continue
             subs = world.task.subtasks()[args.expert_subtasks:]
             needed = sorted({s.skill for s in subs})
             missing = sorted(set(needed) - set(lib.names()))
