@@ -155,6 +155,9 @@ def main() -> int:
         for task in tasks:
             outcomes = results[name].setdefault(task, [])
             for seed in seeds:
+                # the same denoising noise on a seed for every configuration (common random
+                # numbers): their differences are then not the samplers' luck
+                torch.manual_seed(seed)
                 if name == "flat":
                     flat = f"flat_{task}"
                     if flat not in flat_library.names():
