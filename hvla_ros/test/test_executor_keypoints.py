@@ -123,7 +123,7 @@ def test_shipped_keypoint_library_loads():
 
     lib = SkillLibrary.load(package_dir() / "config" / "skills_keypoints.yaml")
     assert lib.names() == sorted(SkillLibrary.load().names())  # the default library is this one
-    for name in ("pick", "place", "push", "press"):
+    for name in ("pick", "place", "push", "press", "open_drawer"):
         skill = lib.get(name)
         assert skill.bundle.image_encoder == "colour_keypoints"
         assert skill.bundle.cameras == ["front", "wrist"]

@@ -1,5 +1,5 @@
-"""The refiners shipped for the default skills (pick, place, push, press) load and refine those
-skills' chunks."""
+"""The refiners shipped for the default skills (pick, place, push, press, open_drawer) load and
+refine those skills' chunks."""
 
 from __future__ import annotations
 
@@ -11,11 +11,13 @@ import pytest
 from hvla_ros.robot import GRIPPER_CLOSED, GRIPPER_JOINT, GRIPPER_OPEN, HOME_POSITION
 
 INSTRUCTIONS = {"pick": "pick up the red cube", "place": "place the red cube in the box",
-                "push": "push the pen into the holder", "press": "press the red button"}
-#: The gripper in a typical chunk of each skill: closing on the cube, releasing it; push and press
-#: keep the jaws closed.
+                "push": "push the pen into the holder", "press": "press the red button",
+                "open_drawer": "pull the drawer open"}
+#: The gripper in a typical chunk of each skill: closing on the cube (or the drawer's handle),
+#: releasing it; push and press keep the jaws closed.
 GRIPPER_MOTION = {"pick": (GRIPPER_OPEN, GRIPPER_CLOSED), "place": (GRIPPER_CLOSED, GRIPPER_OPEN),
-                  "push": (GRIPPER_CLOSED, GRIPPER_CLOSED), "press": (GRIPPER_CLOSED, GRIPPER_CLOSED)}
+                  "push": (GRIPPER_CLOSED, GRIPPER_CLOSED), "press": (GRIPPER_CLOSED, GRIPPER_CLOSED),
+                  "open_drawer": (GRIPPER_OPEN, GRIPPER_CLOSED)}
 SHIPPED = sorted(INSTRUCTIONS)
 
 
