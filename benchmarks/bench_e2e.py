@@ -14,8 +14,7 @@ memory tasks; memory 6.7% -> 35.3%; verify+reflect 8.0% -> 28.0%). The paper's n
 RMBench with its own policies; ours are on this project's SO-101 tasks and shipped skills, so
 compare the direction and size of the effects, not the absolute values.
 
-    .venv/bin/python benchmarks/bench_e2e.py --seeds 5 --tasks cube_in_box observe_then_pick \
-        --task-skills observe_then_pick=hvla_ros/hvla_ros/config/skills_multitask.yaml
+    .venv/bin/python benchmarks/bench_e2e.py --seeds 5 --tasks cube_in_box observe_then_pick
     .venv/bin/python benchmarks/bench_e2e.py --quick
 """
 

@@ -344,18 +344,23 @@ def _combined_record(tasks: dict[str, dict[str, Any]], files: list[Path]) -> dic
         "sources": [f.name for f in files], "paper_delta_points": PAPER_DELTA, "tasks": {}}
     for task, rows in tasks.items():
         base = rows.get("anchor", {}).get("episodes")
-        table = {}
-        for v, r in rows.items():
-            n = int(r.get("n", len(r.get("episodes", []))))
-            k = int(r.get("successes", round(r["success"] * n)))
-            row = {"n": n, "successes": k, "success": k / n if n else 0.0, "ci95": list(wilson_interval(k, n)),
-                   "compactness": r.get("compactness") or {}, "episodes": r.get("episodes", [])}
-            if base and v != "anchor" and r.get("episodes"):
-                won, lost, pval = paired_comparison(base, r["episodes"])
-                row["vs_anchor"] = {"won": won, "lost": lost, "mcnemar_p": pval}
-            table[v] = row
-        record["tasks"][task] = table
+        record["tasks"][task] = {
+            v: {**_variant_stats(v, r, base), "success": r["success"], "compactness": r.get("compactness") or {},
+                "episodes": r.get("episodes", [])}
+            for v, r in rows.items()}
     return record
+
+
+def _variant_stats(variant: str, row: dict[str, Any], anchor_episodes: list[dict[str, Any]] | None) -> dict[str, Any]:
+    """A variant's episode count, successes, 95% interval and (not for the anchor itself) its
+    paired comparison with the anchor: what the table prints and the pooled record keeps."""
+    n = int(row.get("n", len(row.get("episodes", []))))
+    k = int(row.get("successes", round(row["success"] * n)))
+    stats: dict[str, Any] = {"n": n, "successes": k, "ci95": list(wilson_interval(k, n))}
+    if anchor_episodes and variant != "anchor" and row.get("episodes"):
+        won, lost, pval = paired_comparison(anchor_episodes, row["episodes"])
+        stats["vs_anchor"] = {"won": won, "lost": lost, "mcnemar_p": pval}
+    return stats
 
 
 def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -393,17 +398,16 @@ def _print_task(task: str, rows: dict[str, Any]) -> None:
           f"{'95% CI':>14}{'won/lost vs anchor':>20}{'McNemar p':>11}")
     for v, r in rows.items():
         s = r["success"]
-        n = r.get("n", len(r.get("episodes", [])))
-        k = r.get("successes", round(s * n))
+        st = _variant_stats(v, r, base_eps)
+        n, k = st["n"], st["successes"]
         d_anchor = f"{100 * (s - base):+.1f}" if base is not None and v != "anchor" else ""
         d_full = f"{100 * (s - full):+.1f}" if full is not None and v not in ("anchor", "full") else ""
         paper = f"{PAPER_DELTA[v]:+.1f}" if v in PAPER_DELTA else ""
-        lo, hi = wilson_interval(k, n)
+        lo, hi = st["ci95"]
         ci = f"{100 * lo:.0f}-{100 * hi:.0f}%"
         paired, pval = "", ""
-        if base_eps and v != "anchor" and r.get("episodes"):
-            won, lost, p = paired_comparison(base_eps, r["episodes"])
-            paired, pval = f"{won}/{lost}", f"{p:.2f}"
+        if "vs_anchor" in st:
+            paired, pval = f"{st['vs_anchor']['won']}/{st['vs_anchor']['lost']}", f"{st['vs_anchor']['mcnemar_p']:.2f}"
         print(f"  {v:<20}{n:>6}{k:>6}{100 * s:>8.1f}%{d_anchor:>11}{d_full:>9}{paper:>8}{ci:>14}{paired:>20}{pval:>11}")
     # Residual-target compactness of each refiner's training data (variants trained on the same
     # anchor predictions share it: printed once, with the variants).
