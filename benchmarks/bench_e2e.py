@@ -7,7 +7,9 @@ safety filter) and scores it with the simulator's ground truth. Configurations:
 - flat: one diffusion policy per task on whole-task demonstrations (no planner, no masks),
   where the skill library ships a ``flat_<task>`` skill;
 - memory ablation: base (no H, W, E), +H, +H+W, full (H+W+E);
-- verification ablation: base (no verifier, no reflection), +verify, +verify+reflect, full.
+- verification ablation: base (no verifier, no reflection), +verify, +verify+reflect, full;
+- full:no-early-stop: the full system with subtasks marked ``stop_on_post`` (presses) run to
+  their horizons instead of ending once their post-condition is seen.
 
 Printed beside the paper's numbers (Goal2Skill: 32.4% vs 9.8% average success on five RMBench
 memory tasks; memory 6.7% -> 35.3%; verify+reflect 8.0% -> 28.0%). The paper's numbers are on
@@ -56,6 +58,8 @@ def configurations() -> dict[str, object]:
         "verify:+verify": replace(full, use_reflection=False),
         "verify:+verify+reflect": full,
         "verify:full": full,
+        # not in the paper: stop_on_post subtasks (presses) run to their horizons
+        "full:no-early-stop": replace(full, stop_on_post=False),
     }
 
 

@@ -26,7 +26,7 @@ from hvla_ros.executor.library import SkillLibrary
 from hvla_ros.executor.runner import Observation, ObservationBuffer, PlannedChunk, SkillRunner
 from hvla_ros.planner.episode import EpisodeResult, EpisodeRunner, Executor, PlannerConfig
 from hvla_ros.planner.plan import Subtask
-from hvla_ros.planner.reasoner import ExecutionReport, Images, Reasoner
+from hvla_ros.planner.reasoner import ExecutionReport, Images, Reasoner, StopCheck
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,8 @@ class SimSystemExecutor(Executor):
     def observe(self) -> Images:
         return {cam: self.world.render(cam) for cam in self.world.camera_names}
 
-    def execute(self, subtask: Subtask, subtask_id: int, attempt: int) -> ExecutionReport:
+    def execute(self, subtask: Subtask, subtask_id: int, attempt: int, until: StopCheck | None = None
+                ) -> ExecutionReport:
         from hvla_ros.executor.runner import StaleObservationError
 
         started = time.monotonic()
@@ -101,14 +102,15 @@ class SimSystemExecutor(Executor):
         targets = self.world.joint_positions().copy()
         steps = 0
         error = ""
-        while not (runner.done and not queue):
+        met = False
+        while queue or not (runner.done or met):
             raw, filtered = self._observe(cameras, propagators)
             now = float(self.world.time)
             joints = dict(zip(names, self.world.joint_positions().tolist()))
             obs = Observation(stamp=now, images=filtered, joints=joints)
             buffer.add(obs)
             self._safety.update_joint_state(names, self.world.joint_positions())
-            if not queue and not runner.done:
+            if not queue and not (runner.done or met):
                 t0 = time.perf_counter()
                 try:
                     chunk = runner.next_chunk(buffer.history(runner.n_obs_steps, runner.step_period), now)
@@ -133,9 +135,14 @@ class SimSystemExecutor(Executor):
             steps += 1
             if steps % frame_every == 0 and "front" in raw:
                 frames.append({"front": raw["front"]})
+                # The planner node checks at its frame rate, here at the rate frames are kept. Once
+                # met, no new chunk: the arm finishes the one it has (as the trajectory already sent
+                # to the controller does in the graph).
+                met = met or (until is not None and until(raw))
         self.steps_total += steps
         final = self.observe()
-        return ExecutionReport(termination="error" if error else "horizon", steps=steps,
+        termination = "error" if error else "post_condition" if met else "horizon"
+        return ExecutionReport(termination=termination, steps=steps,
                                elapsed_s=time.monotonic() - started, error=error, images=final,
                                frames=tuple(frames[-64:]))
 

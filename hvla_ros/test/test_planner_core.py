@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Sequence
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -28,7 +29,7 @@ from hvla_ros.planner import (
 )
 from hvla_ros.planner.episode_log import EpisodeLog, EpisodeLogError
 from hvla_ros.planner.memory import ErrorEntry, HistoryEntry, Memory
-from hvla_ros.planner.plan import parse_plan
+from hvla_ros.planner.plan import parse_plan, plan_from_dict
 
 SKILLS = {"pick": "pick an object", "place": "place it", "observe": "hold still"}
 IMG = np.zeros((48, 64, 3), np.uint8)
@@ -39,6 +40,7 @@ class FakeExecutor(Executor):
 
     def __init__(self, terminations: Sequence[str] = ()) -> None:
         self.issued: list[tuple[int, int, Subtask]] = []
+        self.untils: list = []
         self.terminations = list(terminations)
 
     def skills(self):
@@ -47,8 +49,13 @@ class FakeExecutor(Executor):
     def observe(self):
         return {"front": IMG}
 
-    def execute(self, subtask, subtask_id, attempt):
+    def execute(self, subtask, subtask_id, attempt, until=None):
         self.issued.append((subtask_id, attempt, subtask))
+        self.untils.append(until)
+        if until is not None:  # the images the skill would produce, until the check says stop
+            for step in range(1, 20):
+                if until({"front": np.full_like(IMG, step)}):
+                    return ExecutionReport("post_condition", steps=step, images={"front": IMG})
         term = self.terminations.pop(0) if self.terminations else "skill_done"
         return ExecutionReport(term, steps=5, images={"front": IMG})
 
@@ -390,6 +397,8 @@ def test_plan_schema_rejects_bad_subtasks_with_the_field_named():
         ),
         ({"subtasks": [{"instruction": "x" * 500, "skill": "pick"}]}, "at most 400"),
         ({"steps": []}, "'subtasks'"),
+        ({"subtasks": [{"instruction": "x", "skill": "pick", "stop_on_post": "yes"}]},
+         "subtasks[0].stop_on_post must be true or false, got 'yes'"),
     ]
     for obj, fragment in bad:
         with pytest.raises(PlanValidationError, match=None) as e:
@@ -418,3 +427,31 @@ def test_running_an_ended_episode_again_returns_its_result(tmp_path):
     ex = FakeExecutor()
     again = EpisodeRunner(ScriptedReasoner([]), ex, tmp_path).run("do the thing", "ep1")
     assert again.success and again.subtasks_succeeded == res.subtasks_succeeded and ex.issued == []
+
+
+class MonitoringReasoner(ScriptedReasoner):
+    """Says the post-condition holds once the image's pixel value reaches 3."""
+
+    def monitor(self, ctx, subtask, before):
+        return lambda images: int(images["front"][0, 0, 0]) >= 3
+
+
+def test_stop_on_post_subtasks_end_when_the_monitor_sees_the_post_condition(tmp_path):
+    plan = [replace(st("press a", "pick"), stop_on_post=True), st("b", "place")]
+    ex = FakeExecutor()
+    res, _ = run(MonitoringReasoner([plan]), ex, tmp_path / "on")
+    assert res.success
+    assert ex.untils[0] is not None and ex.untils[1] is None  # only the stop_on_post subtask is watched
+    reports = [e for e in events(res.log_path) if e["event"] == "report"]
+    assert [(r["termination"], r["steps"]) for r in reports] == [("post_condition", 3), ("skill_done", 5)]
+    # Switched off, or without the verifier (the monitor is the verifier's check): never watched.
+    for cfg in ({"stop_on_post": False}, {"use_verifier": False}):
+        ex = FakeExecutor()
+        res, _ = run(MonitoringReasoner([plan]), ex, tmp_path / str(cfg), **cfg)
+        assert res.success and ex.untils == [None, None]
+    # A backend that cannot check fast (the base class: None) lets the skill run to its end.
+    ex = FakeExecutor()
+    run(ScriptedReasoner([plan]), ex, tmp_path / "vlm")
+    assert ex.untils == [None, None]
+    # The flag survives the episode log's plan round trip.
+    assert plan_from_dict(Plan("g", tuple(plan)).to_dict()).subtasks[0].stop_on_post is True

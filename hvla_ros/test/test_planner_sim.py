@@ -61,6 +61,7 @@ class ExpertExecutor(Executor):
         self.expert = self.world.task.expert(self.world)
         self.sabotage = set(sabotage)
         self.calls: list[str] = []
+        self.stopped: list[tuple[str, int]] = []  # (instruction, step) of attempts ended by ``until``
 
     def skills(self):
         return {s: "" for s in SKILLS}
@@ -72,7 +73,7 @@ class ExpertExecutor(Executor):
         for _ in range(n):
             self.world.step(self.world.control_steps)
 
-    def execute(self, subtask, subtask_id, attempt):
+    def execute(self, subtask, subtask_id, attempt, until=None):
         self.calls.append(subtask.instruction)
         w, ex = self.world, self.expert
         if len(self.calls) in self.sabotage:
@@ -90,6 +91,10 @@ class ExpertExecutor(Executor):
             steps += 1
             if subtask.skill == "observe" and steps % 2 == 0:
                 frames.append(self.observe())
+            if until is not None and steps % 3 == 0 and until(self.observe()):
+                self.stopped.append((subtask.instruction, steps))
+                self._step(5)
+                return ExecutionReport("post_condition", steps, images=self.observe(), frames=frames[-64:])
         self._step(5)
         return ExecutionReport("skill_done", steps, images=self.observe(), frames=frames[-64:])
 
@@ -164,7 +169,8 @@ def test_verifier_says_fail_before_and_success_after_each_subtask(task):
         for p in sub.post.predicates:
             # Before the subtask the condition must not hold yet (where it is not already true at the
             # start, like the restore positions, or carried over, like a handover keeping the cube up).
-            changes = canonical.skill in ("pick", "place", "push", "open_drawer") and p.name != "off"
+            changes = ((canonical.skill in ("pick", "place", "push", "open_drawer") and p.name != "off")
+                       or p.name == "indicated")
             if changes and not p.negated and not checker.check(p, first, notes=notes)[0]:
                 ok_before, why_before, _ = checker.check(p, before, notes=notes, before=before)
                 assert not ok_before, f"{task} subtask {i}: {p} should not hold before: {why_before}"
@@ -226,3 +232,18 @@ def test_plan_notes_remember_positions_from_the_first_image():
         color = s.instruction.split()[2]
         true_u, true_v = world.project("front", world.body_pos(f"{color}_cube"))
         assert np.hypot(u - true_u, v - true_v) < 4.0, (s.params, true_u, true_v)
+
+
+def test_each_press_ends_once_its_buttons_lamp_lights(tmp_path):
+    """``stop_on_post``: the planner watches the images and ends a press when the lamp of the
+    button it names lights (on release), before the program (or a policy) could press again."""
+    res, ex, _ = run_episode("button_sequence", 1, tmp_path / "on")
+    order = ex.world.task.order
+    assert res.success, (res.error_msg, ex.calls)
+    assert [instruction for instruction, _ in ex.stopped] == [f"press the {c} button" for c in order]
+    assert ex.world.task.detector.pressed == order  # each button pressed once, in order
+    log = [json.loads(line) for line in res.log_path.read_text().splitlines()]
+    assert [e["termination"] for e in log if e["event"] == "report"] == ["skill_done", *["post_condition"] * 3]
+    # switched off, the same presses run to the end of their programs
+    res, ex, _ = run_episode("button_sequence", 1, tmp_path / "off", stop_on_post=False)
+    assert res.success and ex.stopped == []

@@ -122,6 +122,35 @@ def test_button_sequence_flashes_each_button_in_order():
         w.close()
 
 
+def test_button_sequence_lamp_shows_the_last_button_let_go():
+    """The visible post-condition of a press: the button's lamp lights when the cap comes back up
+    and stays lit until another button is let go; flashing lights no lamp."""
+    w = SimWorld("button_sequence", seed=3, image_size=(96, 128), cameras=["front"])
+    try:
+        while w.time < w.task.flash_end:
+            w.step(w.control_steps)
+        assert w.task.indicated is None
+        dark = w.render("front")
+        lamps = {c: w.model.geom(f"{c}_lamp").id for c in ("red", "green", "blue")}
+
+        def lit() -> list[str]:
+            return [c for c, g in lamps.items() if w.model.geom_rgba[g][0] > 0.9]
+
+        assert lit() == []
+        for color in ("green", "red"):
+            adr = w.model.joint(f"{color}_button_press").qposadr[0]
+            w.data.qpos[adr] = -0.009  # push the cap in: nothing lights while it is held down
+            w.step(1)
+            assert cap_depth(w, color) > 0.006 and lit() == ([] if color == "green" else ["green"])
+            w.data.qpos[adr] = 0.0
+            w.step(40)
+            assert lit() == [color] and w.task.indicated == color
+        assert _changed_fraction(dark, w.render("front")) > 0.0004  # the lit lamp: about 10 px at 96x128
+        assert w.task.detector.pressed == ["green", "red"]
+    finally:
+        w.close()
+
+
 def test_rank_by_trial_press_lights_that_buttons_lamps():
     w = SimWorld("rank_by_trial", seed=5, image_size=(96, 128), cameras=["front"])
     try:

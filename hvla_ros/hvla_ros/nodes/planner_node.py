@@ -55,7 +55,7 @@ from hvla_ros.planner import plan as P
 from hvla_ros.planner.episode import EpisodeRunner, EpisodeStatus, Executor, ExecutorUnavailable, PlannerConfig
 from hvla_ros.planner.factory import BACKENDS, ReasonerSettings, make_reasoner
 from hvla_ros.planner.memory import MemoryConfig, MemoryView
-from hvla_ros.planner.reasoner import ExecutionReport, Images, Reasoner, ReasonerError
+from hvla_ros.planner.reasoner import ExecutionReport, Images, Reasoner, ReasonerError, StopCheck
 from hvla_ros.rosutil.images import ImageConversionError, to_rgb
 from hvla_ros.rosutil.node_main import run_lifecycle_node
 from hvla_ros.rosutil.params import ParamSpec, declare_params
@@ -195,7 +195,8 @@ class RosExecutor(Executor):
                 raise ExecutorUnavailable(f"no image on {[topics.camera_image(c) for c in missing]} within {wait:g} s")
             time.sleep(0.02)  # a worker thread of the episode, not a callback
 
-    def execute(self, subtask: P.Subtask, subtask_id: int, attempt: int) -> ExecutionReport:
+    def execute(self, subtask: P.Subtask, subtask_id: int, attempt: int, until: StopCheck | None = None
+                ) -> ExecutionReport:
         node = self.node
         msg = subtask_msg(subtask, self.episode_id, subtask_id, attempt)
         msg.header.stamp = node.get_clock().now().to_msg()
@@ -215,10 +216,20 @@ class RosExecutor(Executor):
             # time is not mistaken for a silent executor), with a wall-clock backstop if time stalls.
             limit = subtask.horizon_s + float(node.p["executor_margin_s"])
             ros_t0 = node.get_clock().now().nanoseconds
+            check_every, last_check = 1.0 / float(node.p["frame_hz"]), 0.0
             while not result_future.done():
                 if self.canceled.is_set():
                     node.wait_future(handle.cancel_goal_async(), 2.0)
                     return ExecutionReport("canceled", error="goal canceled", images=node.latest_images())
+                if until is not None and time.monotonic() - last_check >= check_every:
+                    last_check = time.monotonic()
+                    if until(node.latest_images()):
+                        # The post-condition holds: stop the skill (no further chunks) and report it.
+                        node.wait_future(handle.cancel_goal_async(), 2.0)
+                        done = node.wait_future(result_future, 2.0)
+                        steps = int(done.result.steps_executed) if done is not None else 0
+                        return ExecutionReport("post_condition", steps, time.monotonic() - t0,
+                                               images=node.latest_images(), frames=node.stop_frames())
                 ros_elapsed = (node.get_clock().now().nanoseconds - ros_t0) * 1e-9
                 if ros_elapsed > limit or time.monotonic() - t0 > 3 * limit + 30.0:
                     node.wait_future(handle.cancel_goal_async(), 2.0)

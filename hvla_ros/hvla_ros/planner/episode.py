@@ -38,6 +38,7 @@ from hvla_ros.planner.reasoner import (
     Reasoner,
     ReasonerError,
     Reflection,
+    StopCheck,
     Verdict,
 )
 
@@ -73,8 +74,11 @@ class Executor(abc.ABC):
         """The latest camera images (for planning)."""
 
     @abc.abstractmethod
-    def execute(self, subtask: Subtask, subtask_id: int, attempt: int) -> ExecutionReport:
-        """Run one attempt until termination; never judges success."""
+    def execute(self, subtask: Subtask, subtask_id: int, attempt: int, until: StopCheck | None = None
+                ) -> ExecutionReport:
+        """Run one attempt until termination; never judges success. ``until`` (given only for
+        ``stop_on_post`` subtasks) is called on the latest images while the skill runs; once it
+        returns True the attempt ends with termination ``post_condition``."""
 
 
 @dataclass(frozen=True)
@@ -85,6 +89,8 @@ class PlannerConfig:
     max_replans: int = 3
     use_verifier: bool = True
     use_reflection: bool = True
+    #: watch ``stop_on_post`` subtasks and end them once their post-condition holds (needs the verifier)
+    stop_on_post: bool = True
     memory: MemoryConfig = field(default_factory=MemoryConfig)
     fsync_log: bool = False
 
@@ -268,6 +274,7 @@ class EpisodeRunner:
             return
         config = {"max_attempts": cfg.max_attempts, "max_replans": cfg.max_replans,
                   "use_verifier": cfg.use_verifier, "use_reflection": cfg.use_reflection,
+                  "stop_on_post": cfg.stop_on_post,
                   "memory": vars(cfg.memory), "reasoner": self.reasoner.name}
         s.log.write("episode_start", goal=s.goal, episode_id=st.episode_id, skills=s.skills, config=config)
         self._update(s, "planning")
@@ -293,6 +300,9 @@ class EpisodeRunner:
         if missing:
             why = f"cannot issue: unknown {sorted(missing)} (not in parameters or working memory)"
             report = ExecutionReport("error", error=why)
+        elif issued.stop_on_post and cfg.stop_on_post and cfg.use_verifier and (
+                until := self.reasoner.monitor(self._ctx(s, before), issued, before)) is not None:
+            report = self.executor.execute(issued, k, attempt, until=until)
         else:
             report = self.executor.execute(issued, k, attempt)
         t1, c1 = time.perf_counter(), time.thread_time()

@@ -86,6 +86,9 @@ class Subtask:
     horizon_s: float = DEFAULT_HORIZON_S
     boxes: tuple[Box, ...] = ()
     parameters: tuple[tuple[str, str], ...] = ()
+    #: end the attempt as soon as the post-condition is seen to hold during execution (the
+    #: planner watches; for skills that would otherwise undo or repeat their work, e.g. a press)
+    stop_on_post: bool = False
 
     @property
     def params(self) -> dict[str, str]:
@@ -136,6 +139,7 @@ class Subtask:
             "horizon_s": self.horizon_s,
             "distractor_boxes": [b.to_dict() for b in self.boxes],
             "parameters": dict(self.parameters),
+            "stop_on_post": self.stop_on_post,
         }
 
 
@@ -292,6 +296,9 @@ def parse_subtask(obj: Any, where: str, limits: PlanLimits) -> Subtask:
                 f"{where}.parameters[{key!r}] must be a string or number, got {v!r:.80}"
             )
         clean_params[key] = _text(str(v), f"{where}.parameters[{key!r}]", limit=256)
+    stop_on_post = obj.get("stop_on_post", False)
+    if not isinstance(stop_on_post, bool):
+        raise PlanValidationError(f"{where}.stop_on_post must be true or false, got {stop_on_post!r:.40}")
     return Subtask(
         instruction=_text(
             obj.get("instruction"), f"{where}.instruction", limit=MAX_INSTRUCTION_CHARS, required=True
@@ -305,6 +312,7 @@ def parse_subtask(obj: Any, where: str, limits: PlanLimits) -> Subtask:
             parse_box(b, f"{where}.distractor_boxes[{i}]", limits.image_sizes) for i, b in enumerate(boxes)
         ),
         parameters=tuple(sorted(clean_params.items())),
+        stop_on_post=stop_on_post,
     )
 
 

@@ -22,6 +22,8 @@ shifted(o, dir)             o moved ``shift_frac`` of the image width towards di
 cue(group, fact)            which member a lit lamp was nearest to (planning image, frames seen
                             during execution, latest image) -> fact = that member's colour
 flash_order(group, fact)    order in which members brightened over the frames -> fact_1, fact_2, ...
+indicated(group, member)    the lit lamp (the template's ``lamp`` object) is nearest to ``member``
+                            of the group (an indicator showing the last button pressed)
 lamps(lamp, fact)           number of lit lamps (blobs of the lamp object's colour) -> fact
 ==========================  ===========================================================
 """
@@ -135,7 +137,7 @@ class PredicateChecker:
         t = self.templates
         name, args = pred.name, pred.args
         arity = {"visible": 1, "lifted": 1, "raised": 1, "moved": 1, "in": 2, "off": 2, "on": 2, "at": 2, "cue": 2,
-                 "flash_order": 2, "lamps": 2, "protrudes": 2, "shifted": 2}
+                 "flash_order": 2, "lamps": 2, "protrudes": 2, "shifted": 2, "indicated": 2}
         if name not in arity:
             return False, f"unknown predicate {pred}", {}
         if len(args) != arity[name]:
@@ -216,6 +218,14 @@ class PredicateChecker:
         group = self.task.cue_groups.get(a0)
         if not group:
             raise _Unmet(f"{a0!r} is not a cue group of the {self.task.task} template")
+        if name == "indicated":
+            member = args[1]
+            if member not in group:
+                raise _Unmet(f"{member!r} is not a member of {a0}: {list(group)}")
+            lit = self._lit_member(a0, image, notes)
+            if lit is None:
+                raise _Unmet(f"no lamp lit near any of {list(group)}")
+            return lit == member, f"the lamp lit is the {_label(lit)}'s", {}
         seq = [*frames, image]
         if name == "cue":
             seen = [m for im in seq if (m := self._lit_member(a0, im, notes)) is not None]

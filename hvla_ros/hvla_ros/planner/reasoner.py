@@ -21,8 +21,12 @@ from hvla_ros.planner.plan import Box, Plan, PlanLimits, Subtask
 Images = Mapping[str, np.ndarray]
 
 #: Executor termination reasons (ExecuteSubtask.Result.TERMINATION_* plus "silent" when the
-#: executor never answered within horizon + margin).
-TERMINATIONS = ("horizon", "skill_done", "canceled", "preempted", "error", "silent")
+#: executor never answered within horizon + margin, and "post_condition" when the planner ended
+#: the attempt because it saw the post-condition hold, see :meth:`Reasoner.monitor`).
+TERMINATIONS = ("horizon", "skill_done", "canceled", "preempted", "error", "silent", "post_condition")
+
+#: Watches the camera images during an attempt: True once the post-condition holds.
+StopCheck = Callable[[Mapping[str, np.ndarray]], bool]
 
 
 class ReasonerError(RuntimeError):
@@ -137,6 +141,12 @@ class Reasoner(abc.ABC):
     @abc.abstractmethod
     def reflect(self, ctx: Context, subtask: Subtask, verdict: Verdict, attempt: int) -> Reflection:
         """Diagnose a failed attempt and choose retry | adjust_param | replan."""
+
+    def monitor(self, ctx: Context, subtask: Subtask, before: Images) -> StopCheck | None:
+        """A cheap check of ``subtask``'s post-condition on the latest images, called many times a
+        second while a ``stop_on_post`` subtask runs; None (the default) when this backend cannot
+        check that fast (a VLM), and the attempt then runs to its horizon."""
+        return None
 
     def close(self) -> None:  # noqa: B027 - optional hook, most backends hold nothing
         """Free models or connections (default: nothing to free)."""

@@ -30,6 +30,7 @@ from hvla_ros.planner.reasoner import (
     Reasoner,
     ReasonerError,
     Reflection,
+    StopCheck,
     Verdict,
 )
 from hvla_ros.planner.templates import Step, TaskTemplate, Templates, load_templates
@@ -168,6 +169,22 @@ class RuleBasedReasoner(Reasoner):
         self.record("verify", f"{subtask.instruction!r} post={[str(p) for p in subtask.post.predicates]}",
                     f"{verdict.status}: {reason} {facts}")
         return verdict
+
+    def monitor(self, ctx: Context, subtask: Subtask, before: Images) -> StopCheck | None:
+        """The post-condition's predicates on the latest image (colour blobs: a few ms per image)."""
+        if not subtask.post.predicates:
+            return None
+        checker = self.checker(ctx.goal)
+        cam = self.templates.camera
+        start = before.get(cam)
+        notes = dict(ctx.notes)
+
+        def holds(images: Images) -> bool:
+            image = images.get(cam)
+            return image is not None and all(
+                checker.check(p, image, notes=notes, before=start)[0] for p in subtask.post.predicates)
+
+        return holds
 
     # --- memory --------------------------------------------------------------------------
     def update_memory(self, ctx: Context, subtask: Subtask, verdict: Verdict,

@@ -2,6 +2,10 @@
 
 Three buttons (red, green, blue) stand in a row. At the start they flash one after another
 (cap turns bright for ``FLASH_ON`` s, ``FLASH_GAP`` s apart) in a random order, then all stay dim.
+Behind each button lies an indicator lamp (``{color}_lamp``) that lights when its button is let
+go after a press and stays lit until another button is released: the visible post-condition of
+a press (what the verifier and the planner's early stop look for). The lamps are dark-housing
+coloured when off and pale yellow when lit, outside the skills' keypoint palette.
 Success: the first three presses follow the flashed order.
 """
 
@@ -13,13 +17,16 @@ import mujoco
 import numpy as np
 
 from hvla_ros.sim.expert import Commander
+from hvla_ros.sim.scene import DARK
 from hvla_ros.sim.tasks.base import Expert, ExpertSubtask, Task
 from hvla_ros.sim.tasks.buttons import (
     PressDetector,
     add_button,
+    add_lamp,
     button_geoms,
     cap_top,
     set_button_lit,
+    set_lamp,
 )
 
 if TYPE_CHECKING:
@@ -30,6 +37,12 @@ FLASH_START = 0.2
 FLASH_ON = 0.5
 FLASH_GAP = 0.25
 PRESS_DEPTH = 0.015
+#: where a button's indicator lamp lies relative to the button (m; +x is away from the arm)
+LAMP_OFFSET = (0.065, 0.0, 0.0)
+
+
+def lamp_name(color: str) -> str:
+    return f"{color}_lamp"
 
 
 def place_buttons_in_row(world: SimWorld, rng: np.random.Generator, colors: tuple[str, ...]) -> None:
@@ -54,20 +67,27 @@ class ButtonSequence(Task):
     def build(self, spec: mujoco.MjSpec) -> None:
         for c in COLORS3:
             add_button(spec, c)
+            add_lamp(spec, lamp_name(c), off=DARK)
 
     def bind(self, world: SimWorld) -> None:
         self.detector.bind(world)
 
     def segmentation_objects(self) -> dict[str, list[str]]:
-        return {f"{c}_button": button_geoms(c) for c in COLORS3}
+        objs = {f"{c}_button": button_geoms(c) for c in COLORS3}
+        objs.update({lamp_name(c): [lamp_name(c)] for c in COLORS3})
+        return objs
 
     def reset(self, world: SimWorld, rng: np.random.Generator) -> None:
         place_buttons_in_row(world, rng, COLORS3)
         self.order = [COLORS3[i] for i in rng.permutation(3)]
         self.detector.reset()
         self._lit: str | None = None
+        self.indicated: str | None = None  # the button whose lamp is lit
         for c in COLORS3:
             set_button_lit(world, c, False)
+            pos = world.model.body(f"{c}_button").pos + np.array(LAMP_OFFSET)  # set above, before mj_forward
+            world.set_static_pose(lamp_name(c), pos.tolist())
+            set_lamp(world, lamp_name(c), False, off=DARK)
 
     @property
     def flash_end(self) -> float:
@@ -88,7 +108,13 @@ class ButtonSequence(Task):
             if lit is not None:
                 set_button_lit(world, lit, True)
             self._lit = lit
+        down = [c for c in COLORS3 if self.detector.is_down(c)]
         self.detector.update(world)
+        released = [c for c in down if not self.detector.is_down(c)]
+        if released and released[-1] != self.indicated:
+            for c in COLORS3:
+                set_lamp(world, lamp_name(c), c == released[-1], off=DARK)
+            self.indicated = released[-1]
 
     def subtasks(self) -> list[ExpertSubtask]:
         return [

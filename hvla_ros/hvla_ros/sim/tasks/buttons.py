@@ -44,11 +44,11 @@ def add_button(spec: mujoco.MjSpec, color: str) -> None:
                  size=[CAP_RADIUS, CAP_HALF_HEIGHT, 0], rgba=dim(COLORS[color]), mass=0.01)
 
 
-def add_lamp(spec: mujoco.MjSpec, name: str) -> None:
-    """A static round lamp (geom and body ``name``) lying on the table."""
+def add_lamp(spec: mujoco.MjSpec, name: str, off: Sequence[float] = LAMP_OFF) -> None:
+    """A static round lamp (geom and body ``name``) lying on the table, ``off`` coloured when dark."""
     body = spec.worldbody.add_body(name=name)
     body.add_geom(name=name, type=mujoco.mjtGeom.mjGEOM_CYLINDER, size=[LAMP_RADIUS, 0.004, 0],
-                  pos=[0, 0, 0.004], rgba=list(LAMP_OFF))
+                  pos=[0, 0, 0.004], rgba=list(off))
 
 
 def button_geoms(color: str) -> list[str]:
@@ -81,6 +81,10 @@ class PressDetector:
         self.pressed = []
         self._down = dict.fromkeys(self.colors, False)
 
+    def is_down(self, color: str) -> bool:
+        """Whether ``color``'s cap is pushed in past the press threshold (until it comes back up)."""
+        return self._down[color]
+
     def update(self, world: SimWorld) -> str | None:
         """Record new presses; returns the colour pressed at this step, if any."""
         new = None
@@ -101,5 +105,5 @@ def set_button_lit(world: SimWorld, color: str, lit: bool) -> None:
     world.set_rgba(f"{color}_button_cap", bright(rgba) if lit else dim(rgba))
 
 
-def set_lamp(world: SimWorld, name: str, on: bool) -> None:
-    world.set_rgba(name, LAMP_ON if on else LAMP_OFF)
+def set_lamp(world: SimWorld, name: str, on: bool, off: Sequence[float] = LAMP_OFF) -> None:
+    world.set_rgba(name, LAMP_ON if on else off)
