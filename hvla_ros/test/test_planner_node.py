@@ -9,6 +9,7 @@ import os
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -99,6 +100,18 @@ class Harness:
                 while not handle.is_cancel_requested and time.monotonic() < deadline:
                     time.sleep(0.02)
                 self.cancel_seen.set()
+                handle.canceled()
+                return result
+            if self.mode == "lift_then_hold" and len(self.received) == 1:
+                # the skill's effect shows (the cube up), but the skill would go on until canceled
+                time.sleep(0.5)
+                self.index = 1
+                deadline = time.monotonic() + 30
+                while not handle.is_cancel_requested and time.monotonic() < deadline:
+                    time.sleep(0.02)
+                self.cancel_seen.set()
+                result.termination = ExecuteSubtask.Result.TERMINATION_CANCELED
+                result.steps_executed = 20
                 handle.canceled()
                 return result
             if self.mode == "hold":
@@ -216,6 +229,41 @@ def test_cancel_mid_episode_stops_the_executor(rclpy_context, planner_process, s
         assert res.result.error_code == res.result.ERROR_CANCELED and not res.result.success
     finally:
         h.close()
+
+
+def test_a_stop_on_post_subtask_is_ended_once_its_post_condition_shows(rclpy_context, scene_images, tmp_path):
+    """With the pick marked stop_on_post, the planner cancels the executor's subtask as soon as the
+    camera shows the cube lifted (the double would hold for 30 s), then goes on with the place."""
+    import json
+
+    import yaml
+    from action_msgs.msg import GoalStatus
+
+    from hvla_ros.executor.library import package_dir
+
+    doc = yaml.safe_load((package_dir() / "config" / "goal_templates.yaml").read_text())
+    doc["tasks"]["cube_in_box"]["subtasks"][0]["stop_on_post"] = True
+    templates = tmp_path / "templates.yaml"
+    templates.write_text(yaml.safe_dump(doc))
+    proc = procs.spawn(
+        [sys.executable, "-m", "hvla_ros.nodes.planner_node", "--ros-args", "-r", "__ns:=/stop_on_post",
+         "-p", f"log_dir:={tmp_path}", "-p", f"templates:={templates}", "-p", "executor_wait_s:=20.0",
+         "-p", "image_wait_s:=20.0"],
+        env={**os.environ})
+    # its own namespace: the module's planner (another test's) must not take this goal
+    h = Harness(rclpy_context, scene_images, mode="lift_then_hold", namespace="/stop_on_post")
+    try:
+        t0 = time.monotonic()
+        res = h.wait(h.send(GOAL).get_result_async(), 60.0)
+        assert res.status == GoalStatus.STATUS_SUCCEEDED, (res.result.error_code, res.result.error_msg)
+        assert h.cancel_seen.is_set() and time.monotonic() - t0 < 20.0
+        assert h.received == ["pick up the red cube", "place the red cube in the box"]
+        log = [json.loads(line) for line in Path(res.result.log_path).read_text().splitlines()]
+        assert [e["termination"] for e in log if e["event"] == "report"] == ["post_condition", "skill_done"]
+        assert [e["status"] for e in log if e["event"] == "verdict"] == ["success", "success"]
+    finally:
+        h.close()
+        print(procs.stop(proc)[-4000:])
 
 
 def test_bad_goals_end_cleanly_with_the_reason(rclpy_context, planner_process, scene_images):
