@@ -171,6 +171,10 @@ class RosExecutor(Executor):
         self.node = node
         self.episode_id = episode_id
         self.canceled = threading.Event()
+        # Frames are kept from the goal's arrival: a cue that shows while the planner is still
+        # planning (button_sequence's first flash) belongs to the first subtask's frames.
+        self._first = True
+        node.start_frames()
 
     def skills(self) -> Mapping[str, str]:
         node, wait = self.node, float(self.node.p["executor_wait_s"])
@@ -204,7 +208,9 @@ class RosExecutor(Executor):
         wait = float(node.p["executor_wait_s"])
         if not node.subtask_client.wait_for_server(timeout_sec=wait):
             raise ExecutorUnavailable(f"no executor action server on {topics.EXECUTE_SUBTASK_ACTION}")
-        node.start_frames()
+        if not self._first:
+            node.start_frames()
+        self._first = False
         t0 = time.monotonic()
         try:
             handle = node.wait_future(node.subtask_client.send_goal_async(ExecuteSubtask.Goal(subtask=msg)), wait)
@@ -339,7 +345,7 @@ class PlannerNode(LifecycleNode):
 
     def start_frames(self) -> None:
         with self._images_lock:
-            self._frames = deque(maxlen=64)
+            self._frames = deque(maxlen=128)  # 12.8 s at 10 Hz
 
     def stop_frames(self) -> list[dict[str, np.ndarray]]:
         with self._images_lock:
