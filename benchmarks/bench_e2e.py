@@ -96,22 +96,28 @@ def main() -> int:
                              "shipped library, hvla_ros.executor.library.TASK_SKILL_LIBRARIES)")
     parser.add_argument("--image-size", type=int, nargs=2, default=(240, 320), metavar=("H", "W"))
     parser.add_argument("--quick", action="store_true", help="1 seed, 1 task, full + flat only")
-    parser.add_argument("--flat-skills-file", default="", help="flat baselines (default: config/skills_flat.yaml)")
-    parser.add_argument("--flat-horizon-s", type=float, default=15.0,
-                        help="how long a flat policy runs (the whole task; expert episodes take 7-30 s)")
+    parser.add_argument("--flat-skills-file", default="",
+                        help="flat baselines (default: each task's robot's, library.FLAT_SKILL_LIBRARIES)")
+    parser.add_argument("--flat-horizon-s", type=float, default=None,
+                        help="how long a flat baseline runs (default: its skill's default_horizon_s)")
     parser.add_argument("--name", default="e2e", help="result file name under benchmarks/results/")
     args = parser.parse_args()
 
     import torch
 
-    from hvla_ros.executor.library import TASK_SKILL_LIBRARIES, SkillLibrary, package_dir, skills_file_for_task
+    from hvla_ros.executor.library import (
+        TASK_SKILL_LIBRARIES,
+        SkillLibrary,
+        flat_skills_file_for_robot,
+        skills_file_for_task,
+    )
     from hvla_ros.planner.rule_based import RuleBasedReasoner
     from hvla_ros.planner.templates import load_templates
     from hvla_ros.sim.tasks import TASKS
     from hvla_ros.system import SystemConfig, run_episode, run_flat_episode
 
     torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2))
-    tasks = args.tasks or sorted(t for t, cls in TASKS.items() if cls.robot_name == "so101")
+    tasks = args.tasks or sorted(TASKS)
     unknown = [t for t in tasks if t not in TASKS]
     if unknown:
         raise SystemExit(f"--tasks: unknown {unknown}; known: {sorted(TASKS)}")
@@ -139,7 +145,9 @@ def main() -> int:
         if missing:
             skipped.append(f"{t}: the skill library lacks {missing}")
             tasks.remove(t)
-    flat_library = SkillLibrary.load(args.flat_skills_file or package_dir() / "config" / "skills_flat.yaml")
+    # the flat baselines: the given library, else the one for each task's robot
+    flat_files = {t: args.flat_skills_file or str(flat_skills_file_for_robot(TASKS[t].robot_name)) for t in tasks}
+    flat_loaded = {f: SkillLibrary.load(f) for f in sorted(set(flat_files.values()))} if "flat" in wanted else {}
     system = SystemConfig(image_size=tuple(args.image_size))
     # Several rows name the same planner configuration (full = memory:full = verify:full = ...):
     # each distinct configuration runs once and its episodes fill every row that names it.
@@ -163,11 +171,13 @@ def main() -> int:
                 torch.manual_seed(seed)
                 if name == "flat":
                     flat = f"flat_{task}"
+                    flat_library = flat_loaded[flat_files[task]]
                     if flat not in flat_library.names():
                         skipped.append(f"flat/{task}: no skill {flat!r} in the flat library")
                         del results[name][task]
                         break
-                    score = run_flat_episode(task, seed, flat_library, flat, horizon_s=args.flat_horizon_s,
+                    horizon = args.flat_horizon_s or flat_library.get(flat).spec.default_horizon_s
+                    score = run_flat_episode(task, seed, flat_library, flat, horizon_s=horizon,
                                              config=system)
                 else:
                     score = run_episode(task, seed, libraries[task], RuleBasedReasoner(), log_dir,

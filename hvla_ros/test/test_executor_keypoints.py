@@ -217,3 +217,26 @@ def test_shipped_multitask_library_reads_what_the_instruction_names():
         assert bundle.meta["keypoint_target"] is True
         assert bundle.keypoint_dim == kp.feature_dim(2) + kp.target_dim(2)
     assert "pick up the blue cube" in lib.get("pick").bundle.meta["tasks"]
+
+
+def test_shipped_bimanual_library_drives_both_arms():
+    """The handover skills: one policy per subtask over the front and both wrist cameras, each
+    predicting all 12 joints of the two-arm robot; the graph picks this library for the task."""
+    from hvla_ros.executor.library import SkillLibrary, skills_file_for_task
+    from hvla_ros.executor.runner import Observation, SkillRunner
+    from hvla_ros.robot import get_robot
+
+    robot = get_robot("so101_bimanual")
+    lib = SkillLibrary.load(skills_file_for_task("bimanual_handover"))
+    assert lib.robot.name == "so101_bimanual"
+    assert lib.names() == ["handover", "pick", "place"]
+    rng = np.random.default_rng(0)
+    images = {c: rng.integers(0, 255, (96, 128, 3), dtype=np.uint8) for c in robot.cameras}
+    joints = {j: 0.0 for j in robot.joint_names}
+    for name in lib.names():
+        skill = lib.get(name)
+        assert skill.spec.cameras == ("front", "left_wrist", "right_wrist")
+        assert skill.spec.action_joints == tuple(robot.joint_names)
+        obs = [Observation(stamp=k / 30, images=images, joints=joints) for k in range(2)]
+        chunk = SkillRunner(skill, skill.spec.description, horizon_s=1.0).next_chunk(obs, now=obs[-1].stamp)
+        assert chunk.positions.shape[1] == 12 and np.all(np.isfinite(chunk.positions))

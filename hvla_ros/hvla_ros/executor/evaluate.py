@@ -116,7 +116,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--task", default="cube_in_box", help="task id of the simulated suite")
     parser.add_argument("--seeds", type=_seeds, default=_seeds("0-19"), help="e.g. 0-49 or 1,5,9")
     parser.add_argument("--skills-file", default=None,
-                        help="skill library (default: the task's shipped one, library.TASK_SKILL_LIBRARIES)")
+                        help="skill library (default: the task's shipped one, library.TASK_SKILL_LIBRARIES; with "
+                             "--flat the robot's flat baselines, library.FLAT_SKILL_LIBRARIES)")
     parser.add_argument("--horizon-s", type=float, default=None, help="per-subtask horizon (default: skill's)")
     parser.add_argument("--image-size", default="96x128", help="rendered HxW (the policy resizes)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
@@ -130,13 +131,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from hvla_ros.executor.library import SkillConfigError, SkillLibrary, skills_file_for_task
+    from hvla_ros.executor.library import (
+        SkillConfigError,
+        SkillLibrary,
+        flat_skills_file_for_robot,
+        skills_file_for_task,
+    )
+    from hvla_ros.sim.tasks import TASKS
     from hvla_ros.sim.world import SimWorld
 
     torch.set_num_threads(args.threads)
     h, w = (int(v) for v in args.image_size.lower().split("x"))
+    if args.task not in TASKS:
+        log.error(f"unknown task {args.task!r}; known: {sorted(TASKS)}")
+        return 2
     try:
-        lib = SkillLibrary.load(args.skills_file or (None if args.flat else skills_file_for_task(args.task)))
+        if args.skills_file:
+            lib = SkillLibrary.load(args.skills_file)
+        elif args.flat:
+            lib = SkillLibrary.load(flat_skills_file_for_robot(TASKS[args.task].robot_name))
+        else:
+            lib = SkillLibrary.load(skills_file_for_task(args.task))
     except SkillConfigError as exc:
         log.error(str(exc))
         return 2

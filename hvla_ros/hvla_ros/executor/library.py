@@ -83,12 +83,14 @@ def default_skills_file() -> Path:
     return package_dir() / "config" / "skills.yaml"
 
 
-#: Simulated tasks whose objects the default (single-task, red cube) pick and place were not
-#: trained on, and the shipped library that was (package-relative). The graph on the simulator,
-#: ``hvla eval-refiner`` and the benchmarks use it when no skills file is given.
+#: Simulated tasks whose objects (or robot: the two-arm handover) the default (single-task, red
+#: cube) pick and place were not trained on, and the shipped library that was (package-relative).
+#: The graph on the simulator, ``hvla eval-refiner`` and the benchmarks use it when no skills
+#: file is given.
 TASK_SKILL_LIBRARIES: dict[str, str] = {
     "observe_then_pick": "config/skills_multitask.yaml",
     "stack_blue_on_yellow": "config/skills_multitask.yaml",
+    "bimanual_handover": "config/skills_bimanual.yaml",
 }
 
 
@@ -96,6 +98,21 @@ def skills_file_for_task(task: str) -> Path:
     """The shipped skill library for a simulated task (the default one unless listed above)."""
     rel = TASK_SKILL_LIBRARIES.get(task)
     return package_dir() / rel if rel else default_skills_file()
+
+
+#: The flat baselines (one policy per long-horizon task, ``flat_<task>``), one library per robot.
+FLAT_SKILL_LIBRARIES: dict[str, str] = {
+    "so101": "config/skills_flat.yaml",
+    "so101_bimanual": "config/skills_flat_bimanual.yaml",
+}
+
+
+def flat_skills_file_for_robot(robot: str) -> Path:
+    """The shipped library of flat baselines for ``robot`` (raises SkillConfigError when none)."""
+    rel = FLAT_SKILL_LIBRARIES.get(robot)
+    if rel is None:
+        raise SkillConfigError(f"no flat baseline library for robot {robot!r}; known: {sorted(FLAT_SKILL_LIBRARIES)}")
+    return package_dir() / rel
 
 
 @dataclass(frozen=True)
