@@ -240,3 +240,21 @@ def test_shipped_bimanual_library_drives_both_arms():
         obs = [Observation(stamp=k / 30, images=images, joints=joints) for k in range(2)]
         chunk = SkillRunner(skill, skill.spec.description, horizon_s=1.0).next_chunk(obs, now=obs[-1].stamp)
         assert chunk.positions.shape[1] == 12 and np.all(np.isfinite(chunk.positions))
+
+
+def test_shipped_flat_baselines_one_per_task_on_that_tasks_robot():
+    from hvla_ros.executor.library import FLAT_SKILL_LIBRARIES, SkillLibrary, flat_skills_file_for_robot
+    from hvla_ros.sim.tasks import TASKS
+
+    names = set()
+    for robot in FLAT_SKILL_LIBRARIES:
+        lib = SkillLibrary.load(flat_skills_file_for_robot(robot))
+        assert lib.robot.name == robot
+        for name in lib.names():
+            assert name.startswith("flat_") and TASKS[name[len("flat_"):]].robot_name == robot
+            assert lib.get(name).spec.default_horizon_s >= 15.0  # the whole task, not one subtask
+        names |= set(lib.names())
+    assert {f"flat_{t}" for t in ("cube_in_box", "observe_then_pick", "button_sequence", "stack_blue_on_yellow",
+                                  "bimanual_handover")} <= names
+    with pytest.raises(ValueError, match="no flat baseline library for robot 'so100'"):
+        flat_skills_file_for_robot("so100")
