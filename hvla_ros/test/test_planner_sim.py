@@ -8,6 +8,7 @@ never sees simulator state. Ground truth is only used by the assertions.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -242,7 +243,7 @@ def test_each_press_ends_once_its_buttons_lamp_lights(tmp_path):
     assert res.success, (res.error_msg, ex.calls)
     assert [instruction for instruction, _ in ex.stopped] == [f"press the {c} button" for c in order]
     assert ex.world.task.detector.pressed == order  # each button pressed once, in order
-    log = [json.loads(line) for line in res.log_path.read_text().splitlines()]
+    log = [json.loads(line) for line in Path(res.log_path).read_text().splitlines()]
     assert [e["termination"] for e in log if e["event"] == "report"] == ["skill_done", *["post_condition"] * 3]
     # switched off, the same presses run to the end of their programs
     res, ex, _ = run_episode("button_sequence", 1, tmp_path / "off", stop_on_post=False)
