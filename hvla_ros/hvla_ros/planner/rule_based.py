@@ -175,14 +175,11 @@ class RuleBasedReasoner(Reasoner):
         if not subtask.post.predicates:
             return None
         checker = self.checker(ctx.goal)
-        cam = self.templates.camera
-        start = before.get(cam)
         notes = dict(ctx.notes)
+        started = ExecutionReport("horizon", before=before)  # what the verifier's checks compare against
 
         def holds(images: Images) -> bool:
-            image = images.get(cam)
-            return image is not None and all(
-                checker.check(p, image, notes=notes, before=start)[0] for p in subtask.post.predicates)
+            return self.templates.camera in images and self._check_all(checker, subtask, images, notes, started)[0]
 
         return holds
 

@@ -39,6 +39,9 @@ FLASH_GAP = 0.25
 PRESS_DEPTH = 0.015
 #: where a button's indicator lamp lies relative to the button (m; +x is away from the arm)
 LAMP_OFFSET = (0.065, 0.0, 0.0)
+#: an unlit indicator: the housing's colour (the shared grey-ish LAMP_OFF counts as grey in the
+#: skills' keypoint palette)
+LAMP_OFF_RGBA = DARK
 
 
 def lamp_name(color: str) -> str:
@@ -67,7 +70,7 @@ class ButtonSequence(Task):
     def build(self, spec: mujoco.MjSpec) -> None:
         for c in COLORS3:
             add_button(spec, c)
-            add_lamp(spec, lamp_name(c), off=DARK)
+            add_lamp(spec, lamp_name(c), off=LAMP_OFF_RGBA)
 
     def bind(self, world: SimWorld) -> None:
         self.detector.bind(world)
@@ -87,7 +90,7 @@ class ButtonSequence(Task):
             set_button_lit(world, c, False)
             pos = world.model.body(f"{c}_button").pos + np.array(LAMP_OFFSET)  # set above, before mj_forward
             world.set_static_pose(lamp_name(c), pos.tolist())
-            set_lamp(world, lamp_name(c), False, off=DARK)
+            set_lamp(world, lamp_name(c), False, off=LAMP_OFF_RGBA)
 
     @property
     def flash_end(self) -> float:
@@ -108,13 +111,12 @@ class ButtonSequence(Task):
             if lit is not None:
                 set_button_lit(world, lit, True)
             self._lit = lit
-        down = [c for c in COLORS3 if self.detector.is_down(c)]
         self.detector.update(world)
-        released = [c for c in down if not self.detector.is_down(c)]
-        if released and released[-1] != self.indicated:
+        last = self.detector.released[-1] if self.detector.released else None
+        if last != self.indicated:
             for c in COLORS3:
-                set_lamp(world, lamp_name(c), c == released[-1], off=DARK)
-            self.indicated = released[-1]
+                set_lamp(world, lamp_name(c), c == last, off=LAMP_OFF_RGBA)
+            self.indicated = last
 
     def subtasks(self) -> list[ExpertSubtask]:
         return [

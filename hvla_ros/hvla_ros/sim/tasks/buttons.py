@@ -71,6 +71,7 @@ class PressDetector:
     def __init__(self, colors: Sequence[str]) -> None:
         self.colors = list(colors)
         self.pressed: list[str] = []
+        self.released: list[str] = []  # colours whose cap came back up after a press, in order
         self._down = dict.fromkeys(self.colors, False)
         self._adr: dict[str, int] = {}
 
@@ -79,14 +80,11 @@ class PressDetector:
 
     def reset(self) -> None:
         self.pressed = []
+        self.released = []
         self._down = dict.fromkeys(self.colors, False)
 
-    def is_down(self, color: str) -> bool:
-        """Whether ``color``'s cap is pushed in past the press threshold (until it comes back up)."""
-        return self._down[color]
-
     def update(self, world: SimWorld) -> str | None:
-        """Record new presses; returns the colour pressed at this step, if any."""
+        """Record new presses and releases; returns the colour pressed at this step, if any."""
         new = None
         q = world.data.qpos
         for c, adr in self._adr.items():
@@ -97,6 +95,7 @@ class PressDetector:
                 new = c
             elif self._down[c] and depth < PRESS_THRESHOLD / 2:
                 self._down[c] = False
+                self.released.append(c)
         return new
 
 
