@@ -147,7 +147,10 @@ def main() -> int:
             tasks.remove(t)
     # the flat baselines: the given library, else the one for each task's robot
     flat_files = {t: args.flat_skills_file or str(flat_skills_file_for_robot(TASKS[t].robot_name)) for t in tasks}
-    flat_loaded = {f: SkillLibrary.load(f) for f in sorted(set(flat_files.values()))} if "flat" in wanted else {}
+    flat_loaded = {  # each file's flat baselines for the tasks run here, and no others
+        f: SkillLibrary.load(f, only={f"flat_{t}" for t in tasks if flat_files[t] == f})
+        for f in sorted(set(flat_files.values()))
+    } if "flat" in wanted else {}
     system = SystemConfig(image_size=tuple(args.image_size))
     # Several rows name the same planner configuration (full = memory:full = verify:full = ...):
     # each distinct configuration runs once and its episodes fill every row that names it.

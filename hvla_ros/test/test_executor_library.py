@@ -62,6 +62,16 @@ def test_loads_valid_library_with_policy_and_hold(policy_dir, tmp_path):
         lib.get("fly")
 
 
+def test_only_keeps_the_named_skills_and_still_validates_the_rest(policy_dir, tmp_path):
+    doc = _doc(policy_dir)
+    doc["skills"]["place"] = {**doc["skills"]["pick"], "policy": str(tmp_path / "not_there")}
+    lib = SkillLibrary.from_dict(doc, only={"pick", "fly"})  # place's missing checkpoint is not loaded
+    assert lib.names() == ["pick"] and lib.get("pick").bundle is not None
+    doc["skills"]["place"]["colour"] = "red"  # an unknown key: still an error
+    with pytest.raises(SkillConfigError, match="skill 'place'.*colour"):
+        SkillLibrary.from_dict(doc, only={"pick"})
+
+
 def test_shipped_library_parses():
     lib = SkillLibrary.load(load_policies=False)
     assert "observe" in lib.names()

@@ -16,6 +16,7 @@ import pytest
 pytest.importorskip("mujoco")
 
 from hvla_ros.planner import EpisodeRunner, ExecutionReport, Executor, MemoryConfig, PlannerConfig
+from hvla_ros.planner.plan import Predicate
 from hvla_ros.planner.rule_based import RuleBasedReasoner
 from hvla_ros.planner.templates import SKILLS, load_templates
 from hvla_ros.sim.tasks import TASKS
@@ -171,7 +172,7 @@ def test_verifier_says_fail_before_and_success_after_each_subtask(task):
             # Before the subtask the condition must not hold yet (where it is not already true at the
             # start, like the restore positions, or carried over, like a handover keeping the cube up).
             changes = ((canonical.skill in ("pick", "place", "push", "open_drawer") and p.name != "off")
-                       or p.name == "indicated")
+                       or p.name in ("indicated", "relit"))
             if changes and not p.negated and not checker.check(p, first, notes=notes)[0]:
                 ok_before, why_before, _ = checker.check(p, before, notes=notes, before=before)
                 assert not ok_before, f"{task} subtask {i}: {p} should not hold before: {why_before}"
@@ -179,6 +180,30 @@ def test_verifier_says_fail_before_and_success_after_each_subtask(task):
             for fact, keys in t.derive.items():
                 if all(k in facts for k in keys):
                     facts[fact] = max(keys, key=lambda k: float(facts[k])).rsplit("_", 1)[-1]
+
+
+def test_relit_credits_a_press_only_when_the_lamp_count_changed():
+    """rank_by_trial's lamps stay lit until the next press: 'some lamps are lit' after a press
+    that missed would credit it with the last press's count; relit compares with the start."""
+    r = RuleBasedReasoner(TEMPLATES)
+    world = make_world("rank_by_trial", 2, image_size=SIZE)
+    expert = world.task.expert(world)
+    first = world.render("front")
+    checker = r.checker(world.task.goal)
+    notes = checker.measure(first)
+    while expert.current < 1:  # the red press
+        world.set_joint_targets(expert.act(world))
+        world.step(world.control_steps)
+    for _ in range(5):
+        world.step(world.control_steps)
+    lit = world.render("front")
+    red = world.task.counts["red"]
+    relit, lamps = Predicate("relit", ("lamp", "n")), Predicate("lamps", ("lamp", "n"))
+    assert checker.check(relit, lit, notes=notes, before=first) == (True, f"{red} lamps lit (0 when the subtask began)",
+                                                                    {"n": str(red)})
+    # the next subtask starts on this image; nothing pressed yet: the old lamps do not count
+    assert not checker.check(relit, lit, notes=notes, before=lit)[0]
+    assert checker.check(lamps, lit, notes=notes, before=lit)[0]
 
 
 def test_reflection_reads_the_error_register_to_try_each_slot_once(tmp_path):

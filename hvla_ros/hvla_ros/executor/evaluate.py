@@ -149,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
         if args.skills_file:
             lib = SkillLibrary.load(args.skills_file)
         elif args.flat:
-            lib = SkillLibrary.load(flat_skills_file_for_robot(TASKS[args.task].robot_name))
+            lib = SkillLibrary.load(flat_skills_file_for_robot(TASKS[args.task].robot_name), only={args.flat})
         else:
             lib = SkillLibrary.load(skills_file_for_task(args.task))
     except SkillConfigError as exc:

@@ -30,7 +30,7 @@ instruction conditioning that do not match the policy config).
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -173,8 +173,13 @@ class SkillLibrary:
         device: str = "cpu",
         load_policies: bool = True,
         robot: str | None = None,
+        only: Collection[str] | None = None,
     ) -> SkillLibrary:
-        """Read and validate a skill library file, loading every policy (configure-time work)."""
+        """Read and validate a skill library file, loading every policy (configure-time work).
+
+        ``only``: keep just the skills of these names (every entry is still validated; a name the
+        file does not declare is simply absent): a benchmark that runs one flat baseline does not
+        load the others."""
         src = Path(path) if path else default_skills_file()
         try:
             doc = yaml.safe_load(src.read_text())
@@ -182,7 +187,7 @@ class SkillLibrary:
             raise SkillConfigError(f"cannot read skill library {src}: {e.strerror or e}") from e
         except yaml.YAMLError as e:
             raise SkillConfigError(f"skill library {src} is not valid YAML: {e}") from e
-        return cls.from_dict(doc, source=src, device=device, load_policies=load_policies, robot=robot)
+        return cls.from_dict(doc, source=src, device=device, load_policies=load_policies, robot=robot, only=only)
 
     @classmethod
     def from_dict(
@@ -193,6 +198,7 @@ class SkillLibrary:
         device: str = "cpu",
         load_policies: bool = True,
         robot: str | None = None,
+        only: Collection[str] | None = None,
     ) -> SkillLibrary:
         where = str(source) if source else "<skill library>"
         if not isinstance(doc, Mapping) or not isinstance(doc.get("skills"), Mapping) or not doc["skills"]:
@@ -204,6 +210,8 @@ class SkillLibrary:
         lib = cls(robot=spec_robot, source=source)
         for name, entry in doc["skills"].items():
             spec = parse_skill(str(name), entry, spec_robot, where)
+            if only is not None and spec.name not in only:
+                continue
             skill = Skill(spec=spec)
             if load_policies and not spec.is_hold:
                 skill = load_skill(spec, device=device)

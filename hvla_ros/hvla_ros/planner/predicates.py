@@ -25,6 +25,8 @@ flash_order(group, fact)    order in which members brightened over the frames ->
 indicated(group, member)    the lit lamp (the template's ``lamp`` object) is nearest to ``member``
                             of the group (an indicator showing the last button pressed)
 lamps(lamp, fact)           number of lit lamps (blobs of the lamp object's colour) -> fact
+relit(lamp, fact)           as lamps, and that number differs from the subtask's start (lamps that
+                            stay lit from the last press do not credit a press that missed)
 ==========================  ===========================================================
 """
 
@@ -137,7 +139,7 @@ class PredicateChecker:
         t = self.templates
         name, args = pred.name, pred.args
         arity = {"visible": 1, "lifted": 1, "raised": 1, "moved": 1, "in": 2, "off": 2, "on": 2, "at": 2, "cue": 2,
-                 "flash_order": 2, "lamps": 2, "protrudes": 2, "shifted": 2, "indicated": 2}
+                 "flash_order": 2, "lamps": 2, "relit": 2, "protrudes": 2, "shifted": 2, "indicated": 2}
         if name not in arity:
             return False, f"unknown predicate {pred}", {}
         if len(args) != arity[name]:
@@ -210,10 +212,15 @@ class PredicateChecker:
             u, v = ic.parse_px(args[1])
             d = math.hypot(b.u - u, b.v - v)
             return d <= t.near_frac * w, f"the {_label(a0)} is {d:.0f} px from ({u:.0f}, {v:.0f})", {}
-        if name == "lamps":
+        if name in ("lamps", "relit"):
             if a0 not in self.task.objects:
                 raise _Unmet(f"{a0!r} is not an object of the {self.task.task} template")
             n = len(self.find_all(a0, image))
+            if name == "relit" and before is not None:
+                # a press lit them anew: the count differs from the subtask's start (lamps stay lit
+                # from the last press, so "some are lit" alone would credit a press that missed)
+                n0 = len(self.find_all(a0, ic.check_image(before)))
+                return n >= 1 and n != n0, f"{n} lamps lit ({n0} when the subtask began)", {args[1]: str(n)}
             return n >= 1, f"{n} lamps lit", {args[1]: str(n)}
         group = self.task.cue_groups.get(a0)
         if not group:
