@@ -68,7 +68,7 @@ def test_only_keeps_the_named_skills_and_still_validates_the_rest(policy_dir, tm
     lib = SkillLibrary.from_dict(doc, only={"pick", "fly"})  # place's missing checkpoint is not loaded
     assert lib.names() == ["pick"] and lib.get("pick").bundle is not None
     doc["skills"]["place"]["colour"] = "red"  # an unknown key: still an error
-    with pytest.raises(SkillConfigError, match="skill 'place'.*colour"):
+    with pytest.raises(SkillConfigError, match=r"skill 'place'.*colour"):
         SkillLibrary.from_dict(doc, only={"pick"})
 
 
