@@ -204,6 +204,10 @@ def test_relit_credits_a_press_only_when_the_lamp_count_changed():
     # the next subtask starts on this image; nothing pressed yet: the old lamps do not count
     assert not checker.check(relit, lit, notes=notes, before=lit)[0]
     assert checker.check(lamps, lit, notes=notes, before=lit)[0]
+    # the last press must leave the most lamps lit, not just some
+    assert checker.check(Predicate("lamps_max", ("lamp", f"{red},1")), lit, notes=notes)[0] == (red >= 1)
+    assert not checker.check(Predicate("lamps_max", ("lamp", f"{red},{red + 1}")), lit, notes=notes)[0]
+    assert "comma-separated" in checker.check(Predicate("lamps_max", ("lamp", "{lamps_red}")), lit, notes=notes)[1]
 
 
 def test_reflection_reads_the_error_register_to_try_each_slot_once(tmp_path):

@@ -25,6 +25,7 @@ flash_order(group, fact)    order in which members brightened over the frames ->
 indicated(group, member)    the lit lamp (the template's ``lamp`` object) is nearest to ``member``
                             of the group (an indicator showing the last button pressed)
 lamps(lamp, fact)           number of lit lamps (blobs of the lamp object's colour) -> fact
+lamps_max(lamp, "n1,n2,..")  the number of lit lamps equals the largest of the listed counts
 relit(lamp, fact)           as lamps, and that number differs from the subtask's start (lamps that
                             stay lit from the last press do not credit a press that missed)
 ==========================  ===========================================================
@@ -139,7 +140,7 @@ class PredicateChecker:
         t = self.templates
         name, args = pred.name, pred.args
         arity = {"visible": 1, "lifted": 1, "raised": 1, "moved": 1, "in": 2, "off": 2, "on": 2, "at": 2, "cue": 2,
-                 "flash_order": 2, "lamps": 2, "relit": 2, "protrudes": 2, "shifted": 2, "indicated": 2}
+                 "flash_order": 2, "lamps": 2, "relit": 2, "lamps_max": 2, "protrudes": 2, "shifted": 2, "indicated": 2}
         if name not in arity:
             return False, f"unknown predicate {pred}", {}
         if len(args) != arity[name]:
@@ -212,6 +213,16 @@ class PredicateChecker:
             u, v = ic.parse_px(args[1])
             d = math.hypot(b.u - u, b.v - v)
             return d <= t.near_frac * w, f"the {_label(a0)} is {d:.0f} px from ({u:.0f}, {v:.0f})", {}
+        if name == "lamps_max":
+            # the lit count equals the largest of the counts listed (facts of earlier presses)
+            if a0 not in self.task.objects:
+                raise _Unmet(f"{a0!r} is not an object of the {self.task.task} template")
+            try:
+                most = max(int(x) for x in args[1].split(","))
+            except ValueError:
+                return False, f"lamps_max needs comma-separated counts, got {args[1]!r}", {}
+            n = len(self.find_all(a0, image))
+            return n == most, f"{n} lamps lit (the most was {most})", {}
         if name in ("lamps", "relit"):
             if a0 not in self.task.objects:
                 raise _Unmet(f"{a0!r} is not an object of the {self.task.task} template")
