@@ -258,12 +258,16 @@ def test_every_safety_rule_holds_or_bounds_the_simulated_arm(rclpy_context):
         hi = SO101.position_limits("shoulder_pan")[1]
         with peer.lock:
             peer.trajs.clear()
-        # receding horizon, as executor_node sends them, until the arm is at the limit: the
+        # receding horizon, as executor_node sends them: at least 4 s, and on until the arm has
+        # pushed against the limit for 1 s (the refiner logs the LIMIT refusals then); the
         # simulator's clock can run well behind the wall clock on a loaded 2-core machine
-        end = time.monotonic() + 20.0
-        while time.monotonic() < end:
+        start = time.monotonic()
+        reached = None
+        while time.monotonic() < start + 20.0:
             _, q, _ = peer.latest()
-            if q[pan] > hi - 0.03:
+            if reached is None and q[pan] > hi - 0.03:
+                reached = time.monotonic()
+            if time.monotonic() > start + 4.0 and reached is not None and time.monotonic() > reached + 1.0:
                 break
             target = np.minimum(q[pan] + np.linspace(0.04, 1.2, 30), hi + 0.5)  # 1.2 rad/s
             chunk = np.repeat(q[None], 30, axis=0)
