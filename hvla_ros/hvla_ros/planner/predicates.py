@@ -213,20 +213,17 @@ class PredicateChecker:
             u, v = ic.parse_px(args[1])
             d = math.hypot(b.u - u, b.v - v)
             return d <= t.near_frac * w, f"the {_label(a0)} is {d:.0f} px from ({u:.0f}, {v:.0f})", {}
-        if name == "lamps_max":
-            # the lit count equals the largest of the counts listed (facts of earlier presses)
-            if a0 not in self.task.objects:
-                raise _Unmet(f"{a0!r} is not an object of the {self.task.task} template")
-            try:
-                most = max(int(x) for x in args[1].split(","))
-            except ValueError:
-                return False, f"lamps_max needs comma-separated counts, got {args[1]!r}", {}
-            n = len(self.find_all(a0, image))
-            return n == most, f"{n} lamps lit (the most was {most})", {}
-        if name in ("lamps", "relit"):
+        if name in ("lamps", "relit", "lamps_max"):
             if a0 not in self.task.objects:
                 raise _Unmet(f"{a0!r} is not an object of the {self.task.task} template")
             n = len(self.find_all(a0, image))
+            if name == "lamps_max":
+                # the lit count equals the largest of the counts listed (facts of earlier presses)
+                try:
+                    most = max(int(x) for x in args[1].split(","))
+                except ValueError:
+                    return False, f"lamps_max needs comma-separated counts, got {args[1]!r}", {}
+                return n == most, f"{n} lamps lit (the most was {most})", {}
             if name == "relit" and before is not None:
                 # a press lit them anew: the count differs from the subtask's start (lamps stay lit
                 # from the last press, so "some are lit" alone would credit a press that missed)
