@@ -50,3 +50,24 @@ def test_observe_subtasks_last_as_long_as_their_cue(tmp_path):
             "--horizon-s", "0.3", "--image-size", "48x64", "--threads", "1", "--out", str(out)]
     assert hvla(args) == 0
     assert json.loads(out.read_text())["episodes"][0]["subtasks"] == [True, False, False]
+
+
+def test_eval_can_run_the_first_subtasks_alone(tmp_path, capsys):
+    """--subtasks 1: only pick runs (place is neither loaded as needed nor judged), and the task's
+    success is reported as not judged; a count the task does not have is refused."""
+    from hvla_ros.executor.training import save_untrained_policy
+
+    pol = save_untrained_policy(tmp_path / "pol", cameras=["front"], joint_names=JOINTS, image_hw=(24, 32),
+                                down_dims=(16, 32, 64), backbone_stages=1)
+    f = tmp_path / "skills.yaml"
+    f.write_text(yaml.safe_dump({"skills": {"pick": {"policy": str(pol), "cameras": ["front"],
+                                                     "n_action_steps": 8, "denoising_steps": 2}}}))
+    out = tmp_path / "eval.json"
+    base = ["eval-skills", "--task", "cube_in_box", "--seeds", "0", "--skills-file", str(f), "--horizon-s", "0.3",
+            "--image-size", "48x64", "--threads", "1"]
+    assert hvla([*base, "--subtasks", "1", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "subtask 0 pick" in text and "subtask 1" not in text and "not judged" in text
+    doc = json.loads(out.read_text())
+    assert doc["episodes"][0]["subtasks"] == [False] and doc["task_success"] is None
+    assert hvla([*base, "--subtasks", "3"]) == 2

@@ -52,6 +52,38 @@ def test_masked_out_square_disappears():
     assert not _colour(kp.encode_image(filtered), "red").any()
 
 
+def _square(yaw: float, half: int = 15) -> np.ndarray:
+    import cv2
+
+    img = np.full((96, 128, 3), (150, 110, 70), dtype=np.uint8)
+    rot = np.array([[np.cos(yaw), -np.sin(yaw)], [np.sin(yaw), np.cos(yaw)]])
+    corners = np.array([[-half, -half], [half, -half], [half, half], [-half, half]], float) @ rot.T + (64, 48)
+    cv2.fillConvexPoly(img, np.round(corners).astype(np.int32), (220, 20, 20))
+    return img
+
+
+def test_orientation_tells_a_square_s_yaw_that_the_spread_cannot():
+    """A square's centroid and spread are the same at every yaw; the orientation values change
+    with the yaw, repeat every 90 degrees (a square's symmetry) and are absent for absent colours."""
+    n = kp.features_per_camera()
+    feats = {y: kp.encode_image(_square(y), orientation=True) for y in (0.0, 0.2, 0.4, np.pi / 2)}
+    assert all(f.shape == (kp.features_per_camera(orientation=True),) for f in feats.values())
+    red = kp.KEYPOINT_COLOURS.index("red") * kp.ORIENTATION_PER_COLOUR
+    orient = {y: f[n + red : n + red + 2] for y, f in feats.items()}
+    np.testing.assert_allclose(_colour(feats[0.0], "red"), _colour(feats[0.4], "red"), atol=0.01)
+    np.testing.assert_array_equal(feats[0.0][:n], kp.encode_image(_square(0.0)))  # same leading block
+    assert np.abs(orient[0.0] - orient[0.2]).max() > 0.1
+    assert np.abs(orient[0.2] - orient[0.4]).max() > 0.1
+    np.testing.assert_allclose(orient[0.0], orient[np.pi / 2], atol=0.02)
+    # the moment's angle turns four times as far as the square (both in image coordinates)
+    angle = {y: np.angle(complex(*orient[y])) for y in (0.0, 0.2)}
+    assert (angle[0.2] - angle[0.0]) % (2 * np.pi) == pytest.approx(0.8, abs=0.1)
+    others = np.delete(feats[0.0][n:].reshape(-1, 2), kp.KEYPOINT_COLOURS.index("red"), axis=0)
+    assert not others.any()
+    names = kp.feature_names(["front", "wrist"], orientation=True)
+    assert len(names) == kp.feature_dim(2, orientation=True) and names[n + red] == "front.red.orient_re"
+
+
 @pytest.mark.parametrize(
     "bad",
     [np.zeros((96, 128), np.uint8), np.zeros((96, 128, 3), np.float32), np.zeros((96, 128, 4), np.uint8)],
@@ -203,6 +235,43 @@ def test_a_targeted_keypoint_policy_reads_what_its_instruction_names(tmp_path):
     blue = policy_inputs(skill, obs, None, "pick up the blue cube")["observation.environment_state"].numpy()
     np.testing.assert_array_equal(red[n_kp : n_kp + kp.FEATURES_PER_COLOUR], _colour(kp.encode_image(_scene()), "red"))
     assert not blue[n_kp:].any()
+    chunk = SkillRunner(skill, "pick up the red cube", horizon_s=1.0).next_chunk([obs], now=0.0)
+    assert np.all(np.isfinite(chunk.positions))
+
+
+def test_an_orientation_keypoint_policy_gets_the_same_features_in_training_and_at_run_time(tmp_path):
+    """--keypoint-orientation: the training data and the runner both put each camera's orientation
+    values after its keypoints (and the target block still copies the right colour)."""
+    from hvla_ros.executor.demos import load_demos, write_synthetic_dataset
+    from hvla_ros.executor.library import SkillLibrary
+    from hvla_ros.executor.runner import Observation, SkillRunner, policy_inputs
+    from hvla_ros.robot import HOME_POSITION
+
+    ds = write_synthetic_dataset(tmp_path / "demos", episodes=2, frames=20, cameras=("front", "wrist"),
+                                 image_hw=(24, 32))
+    n_kp = kp.feature_dim(2, orientation=True)
+    data = load_demos(ds, cameras=["front", "wrist"], image_hw=(24, 32), pattern=r"^pick up",
+                      image_encoder=kp.ENCODER_NAME, keypoint_target=True, keypoint_orientation=True)
+    assert data.instruction.shape[1] == n_kp + kp.target_dim(2) + 16
+    out = tmp_path / "pick"
+    rc = hvla(["train-skill", "--dataset", str(ds), "--skill", "pick", "--out", str(out), "--steps", "2",
+               "--batch-size", "4", "--down-dims", "16,32", "--horizon", "8", "--n-action-steps", "4",
+               "--threads", "1", "--no-progress", "--image-encoder", "colour_keypoints", "--keypoint-target",
+               "--keypoint-orientation", "--cameras", "front", "wrist"])
+    assert rc == 0
+    assert json.loads((out / "hvla_policy.json").read_text())["keypoint_orientation"] is True
+    f = tmp_path / "skills.yaml"
+    f.write_text(yaml.safe_dump({"robot": "so101", "skills": {"pick": {
+        "policy": str(out), "cameras": ["front", "wrist"], "image_encoder": "colour_keypoints",
+        "n_action_steps": 4, "denoising_steps": 2}}}))
+    skill = SkillLibrary.load(f).get("pick")
+    assert skill.bundle.keypoint_dim == n_kp + kp.target_dim(2)
+    images = {"front": _square(0.3), "wrist": _scene()}
+    obs = Observation(stamp=0.0, images=images, joints=dict(HOME_POSITION))
+    env = policy_inputs(skill, obs, None, "pick up the red cube")["observation.environment_state"].numpy()
+    np.testing.assert_array_equal(env[:n_kp], kp.encode_cameras(images, ["front", "wrist"], orientation=True))
+    front_red = kp.encode_image(_square(0.3))[kp.KEYPOINT_COLOURS.index("red") * 5:][:5]
+    np.testing.assert_array_equal(env[n_kp : n_kp + kp.FEATURES_PER_COLOUR], front_red)
     chunk = SkillRunner(skill, "pick up the red cube", horizon_s=1.0).next_chunk([obs], now=0.0)
     assert np.all(np.isfinite(chunk.positions))
 

@@ -75,6 +75,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="colour keypoints: also feed the features of the colours the instruction names "
         "(object, destination), so one policy serves instructions naming different objects",
     )
+    parser.add_argument(
+        "--keypoint-orientation", action="store_true",
+        help="colour keypoints: also feed each blob's four-fold orientation (a square's yaw), "
+        "for grasps whose jaws must line up with the object's faces",
+    )
     parser.add_argument("--instruction-dim", type=int, default=16, help="hashed instruction size (0: none)")
     parser.add_argument("--pattern", default=None, help="regex on the task text selecting the skill's frames")
     parser.add_argument(
@@ -134,6 +139,7 @@ def run(args: argparse.Namespace) -> int:
         denoising_steps=args.denoising_steps,
         image_encoder=args.image_encoder,
         keypoint_target=args.keypoint_target,
+        keypoint_orientation=args.keypoint_orientation,
         progress=not args.no_progress,
     )
     try:

@@ -117,6 +117,7 @@ def load_demos(
     max_episodes: int | None = None,
     image_encoder: str = "pixels",
     keypoint_target: bool = False,
+    keypoint_orientation: bool = False,
 ) -> DemoData:
     """Read the frames of one dataset, or of several concatenated, matching ``pattern``.
 
@@ -129,7 +130,7 @@ def load_demos(
         raise ValueError("no dataset given")
     kw = dict(cameras=cameras, image_hw=image_hw, pattern=pattern, flat_instruction=flat_instruction,
               instruction_dim=instruction_dim, max_episodes=max_episodes, image_encoder=image_encoder,
-              keypoint_target=keypoint_target)
+              keypoint_target=keypoint_target, keypoint_orientation=keypoint_orientation)
     parts = [_load_one(r, **kw) for r in roots]  # type: ignore[arg-type]
     return parts[0] if len(parts) == 1 else concat_demos(parts, [str(r) for r in roots])
 
@@ -176,6 +177,7 @@ def _load_one(
     max_episodes: int | None = None,
     image_encoder: str = "pixels",
     keypoint_target: bool = False,
+    keypoint_orientation: bool = False,
 ) -> DemoData:
     """Read the frames of ``root`` matching ``pattern`` (regex on the task text) into memory.
 
@@ -185,7 +187,8 @@ def _load_one(
     see executor.keypoints) are computed from the full-size frames and put in front of the
     instruction encoding in ``instruction`` (the policy's environment state); with
     ``keypoint_target`` followed by the features of the colours each frame's instruction names
-    (``keypoints.target_block``).
+    (``keypoints.target_block``); with ``keypoint_orientation`` each camera's keypoints carry the
+    blobs' orientation values (``keypoints.encode_image``).
     """
     import cv2
 
@@ -249,7 +252,7 @@ def _load_one(
             instruction[i] = cache[t]
     h, w = image_hw
     images = {} if use_kp else {c: np.empty((rows.size, 3, h, w), dtype=np.uint8) for c in cams}
-    fpc = kp.features_per_camera()
+    fpc = kp.features_per_camera(orientation=keypoint_orientation)
     keypoints = np.zeros((rows.size, fpc * len(cams)), dtype=np.float32)
     img_cols = hf.select_columns([lc.image_key(c) for c in cams])
     chunk = 256
@@ -259,7 +262,7 @@ def _load_one(
             for j, t in enumerate(part[lc.image_key(c)]):
                 arr = (t.numpy().transpose(1, 2, 0) * 255.0 + 0.5).astype(np.uint8)
                 if use_kp:
-                    keypoints[s + j, ci * fpc : (ci + 1) * fpc] = kp.encode_image(arr)
+                    keypoints[s + j, ci * fpc : (ci + 1) * fpc] = kp.encode_image(arr, orientation=keypoint_orientation)
                     continue
                 if arr.shape[:2] != (h, w):
                     arr = cv2.resize(arr, (w, h), interpolation=cv2.INTER_AREA)
@@ -270,7 +273,8 @@ def _load_one(
             target = np.zeros((rows.size, kp.target_dim(len(cams))), np.float32)
             for t in set(instr_text):
                 sel_t = np.array([x == t for x in instr_text])
-                target[sel_t] = kp.target_block(keypoints[sel_t], len(cams), kp.instruction_targets(t))
+                target[sel_t] = kp.target_block(keypoints[sel_t], len(cams), kp.instruction_targets(t),
+                                                 orientation=keypoint_orientation)
             parts.append(target)
         instruction = np.concatenate([*parts, instruction], axis=1)
     names = feats[lc.STATE_KEY].get("names") or [f"s{i}" for i in range(state.shape[1])]

@@ -8,7 +8,10 @@ five numbers::
     u, v                     centroid, normalized to [-1, 1] (0 when absent)
     spread_u, spread_v       standard deviation of the pixel coordinates, normalized like u, v
 
-``len(KEYPOINT_COLOURS) * 5`` values per camera, cameras in the skill's order. The colours are
+``len(KEYPOINT_COLOURS) * 5`` values per camera, cameras in the skill's order. With
+``orientation`` each camera's values are followed by two more per colour: the blob's four-fold
+orientation (see :func:`encode_image`), which the five above cannot express (a square's spread is
+the same at every yaw). The colours are
 the task objects' (red, green, blue, yellow; in the SO-101 work cell yellow is also the arm) and
 grey (the box). HSV ranges come from the verifier's palette (hvla_ros.planner.image_checks) plus a
 low-saturation grey range; every image is resized to :data:`ENCODER_HW` first so features do not
@@ -33,6 +36,9 @@ PIXELS = "pixels"
 IMAGE_ENCODERS = (PIXELS, ENCODER_NAME)
 KEYPOINT_COLOURS: tuple[str, ...] = ("red", "green", "blue", "yellow", "grey")
 FEATURES_PER_COLOUR = 5
+#: Orientation values per colour (``orientation=True``): real and imaginary part of the blob's
+#: normalized fourth-order complex moment.
+ORIENTATION_PER_COLOUR = 2
 ENCODER_HW = (96, 128)
 #: Verifier palette plus grey (low saturation, mid brightness: the box; black and white excluded).
 KEYPOINT_PALETTE = Palette.from_dict(
@@ -74,15 +80,16 @@ def target_dim(num_cameras: int) -> int:
 
 def target_block(
     keypoints: np.ndarray, num_cameras: int, targets: tuple[str | None, str | None],
-    colours: Sequence[str] = KEYPOINT_COLOURS,
+    colours: Sequence[str] = KEYPOINT_COLOURS, *, orientation: bool = False,
 ) -> np.ndarray:
     """The features of the colours an instruction names, copied out of ``keypoints`` (the
     concatenated per-camera features, last axis): per camera, the object's 5 values then the
     destination's (zeros for a role the instruction does not name). A policy then reads "where is
     the thing I was told to act on" directly instead of learning to select it from the text, which
     the diffusion UNet's conditioning (FiLM, linear in its input) does poorly.
-    Works on one vector or a batch (``... x F``)."""
-    fpc = features_per_camera(colours)
+    Works on one vector or a batch (``... x F``); ``orientation``: the keypoints carry orientation
+    values (the block copies the five position values only)."""
+    fpc = features_per_camera(colours, orientation=orientation)
     lead = keypoints.shape[:-1]
     out = np.zeros((*lead, target_dim(num_cameras)), np.float32)
     for ci in range(num_cameras):
@@ -100,19 +107,25 @@ class KeypointError(ValueError):
     """An image or camera set the keypoint encoder cannot use; the message names the problem."""
 
 
-def features_per_camera(colours: Sequence[str] = KEYPOINT_COLOURS) -> int:
-    return len(colours) * FEATURES_PER_COLOUR
+def features_per_camera(colours: Sequence[str] = KEYPOINT_COLOURS, *, orientation: bool = False) -> int:
+    return len(colours) * (FEATURES_PER_COLOUR + (ORIENTATION_PER_COLOUR if orientation else 0))
 
 
-def feature_dim(num_cameras: int, colours: Sequence[str] = KEYPOINT_COLOURS) -> int:
+def feature_dim(num_cameras: int, colours: Sequence[str] = KEYPOINT_COLOURS, *, orientation: bool = False) -> int:
     """Number of keypoint values for ``num_cameras`` cameras."""
-    return num_cameras * features_per_camera(colours)
+    return num_cameras * features_per_camera(colours, orientation=orientation)
 
 
-def feature_names(cameras: Sequence[str], colours: Sequence[str] = KEYPOINT_COLOURS) -> list[str]:
+def feature_names(cameras: Sequence[str], colours: Sequence[str] = KEYPOINT_COLOURS, *,
+                  orientation: bool = False) -> list[str]:
     """Human-readable name of every value, in order (``front.red.u`` ...)."""
     parts = ("area", "u", "v", "spread_u", "spread_v")
-    return [f"{c}.{col}.{p}" for c in cameras for col in colours for p in parts]
+    names = []
+    for c in cameras:
+        names += [f"{c}.{col}.{p}" for col in colours for p in parts]
+        if orientation:
+            names += [f"{c}.{col}.{p}" for col in colours for p in ("orient_re", "orient_im")]
+    return names
 
 
 def _masks(image: np.ndarray, colours: Sequence[str], palette: Palette) -> list[np.ndarray]:
@@ -127,9 +140,17 @@ def _masks(image: np.ndarray, colours: Sequence[str], palette: Palette) -> list[
 
 
 def encode_image(
-    image: np.ndarray, colours: Sequence[str] = KEYPOINT_COLOURS, palette: Palette = KEYPOINT_PALETTE
+    image: np.ndarray, colours: Sequence[str] = KEYPOINT_COLOURS, palette: Palette = KEYPOINT_PALETTE, *,
+    orientation: bool = False,
 ) -> np.ndarray:
-    """Keypoint features (``len(colours) * 5`` float32) of one ``H x W x 3`` uint8 RGB image."""
+    """Keypoint features (``len(colours) * 5`` float32) of one ``H x W x 3`` uint8 RGB image.
+
+    ``orientation``: followed by two values per colour, ``m = E[z^4] / E[|z|^4]`` with ``z`` the
+    pixel offsets from the blob's centroid as complex numbers (real and imaginary part). Its
+    angle is four times the blob's orientation modulo 90 degrees (what a square's yaw is to a
+    parallel gripper), its modulus how four-fold anisotropic the blob is (0.43 for a square seen
+    straight on, 0 for a disc); both are continuous where the angle wraps.
+    """
     try:
         img = check_image(image)
     except ImageCheckError as e:
@@ -140,6 +161,7 @@ def encode_image(
     us = (np.arange(w, dtype=np.float64) + 0.5) / w * 2.0 - 1.0
     vs = (np.arange(h, dtype=np.float64) + 0.5) / h * 2.0 - 1.0
     out = np.zeros((len(colours), FEATURES_PER_COLOUR), np.float32)
+    orient = np.zeros((len(colours), ORIENTATION_PER_COLOUR), np.float32)
     try:
         masks = _masks(img, colours, palette)
     except ImageCheckError as e:
@@ -156,11 +178,20 @@ def encode_image(
         su = float(np.sqrt(max(0.0, float(col_w @ (us * us)) / n - u * u)))
         sv = float(np.sqrt(max(0.0, float(row_w @ (vs * vs)) / n - v * v)))
         out[i] = (np.sqrt(n / (h * w)), u, v, su, sv)
-    return out.ravel()
+        if orientation:
+            ys, xs = np.nonzero(sel)
+            z = (xs - xs.mean()) + 1j * (ys - ys.mean())
+            z2 = z * z
+            norm = float(np.mean(np.abs(z2) ** 2))
+            if norm > 0.0:
+                moment = complex(np.mean(z2 * z2)) / norm
+                orient[i] = (moment.real, moment.imag)
+    return np.concatenate([out.ravel(), orient.ravel()]) if orientation else out.ravel()
 
 
 def encode_cameras(
-    images: Mapping[str, np.ndarray], cameras: Sequence[str], colours: Sequence[str] = KEYPOINT_COLOURS
+    images: Mapping[str, np.ndarray], cameras: Sequence[str], colours: Sequence[str] = KEYPOINT_COLOURS, *,
+    orientation: bool = False,
 ) -> np.ndarray:
     """Concatenated features of ``cameras`` (in that order) from ``images`` (camera -> RGB)."""
     parts = []
@@ -169,7 +200,7 @@ def encode_cameras(
         if img is None:
             raise KeypointError(f"keypoint encoder needs camera {cam!r}; images have {sorted(images)}")
         try:
-            parts.append(encode_image(img, colours))
+            parts.append(encode_image(img, colours, orientation=orientation))
         except KeypointError as e:
             raise KeypointError(f"camera {cam!r}: {e}") from None
     return np.concatenate(parts).astype(np.float32) if parts else np.zeros(0, np.float32)

@@ -212,12 +212,14 @@ def _keypoint_inputs(
     from hvla_ros.executor.keypoints import KeypointError, encode_cameras, instruction_targets, target_block
 
     bundle = skill.bundle
+    orientation = bool(bundle.meta.get("keypoint_orientation"))
     try:
-        kps = encode_cameras(obs.images, bundle.cameras)
+        kps = encode_cameras(obs.images, bundle.cameras, orientation=orientation)
     except KeypointError as e:
         raise ObservationError(f"skill {skill.name!r}: {e}") from None
     if bundle.meta.get("keypoint_target"):
-        kps = np.concatenate([kps, target_block(kps, len(bundle.cameras), instruction_targets(instruction))])
+        kps = np.concatenate([kps, target_block(kps, len(bundle.cameras), instruction_targets(instruction),
+                                                 orientation=orientation)])
     if kps.shape[0] != bundle.keypoint_dim:
         raise ObservationError(
             f"skill {skill.name!r}: {kps.shape[0]} keypoint values, the policy expects {bundle.keypoint_dim}"

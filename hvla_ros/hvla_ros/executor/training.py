@@ -55,6 +55,7 @@ class TrainConfig:
     denoising_steps: int = 10
     image_encoder: str = "pixels"  # pixels | colour_keypoints (see executor.keypoints)
     keypoint_target: bool = False  # colour keypoints: add the instruction's target block
+    keypoint_orientation: bool = False  # colour keypoints: add each blob's four-fold orientation
     progress: bool = True
 
 
@@ -80,6 +81,7 @@ def _meta(cfg: TrainConfig, data: DemoData) -> dict[str, Any]:
             keypoint_colours=list(kp.KEYPOINT_COLOURS),
             instruction_dim=cfg.instruction_dim,
             keypoint_target=cfg.keypoint_target,
+            keypoint_orientation=cfg.keypoint_orientation,
         )
     return {
         **extra,
@@ -119,6 +121,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         max_episodes=cfg.max_episodes,
         image_encoder=cfg.image_encoder,
         keypoint_target=cfg.keypoint_target,
+        keypoint_orientation=cfg.keypoint_orientation,
     )
     log.info("demonstrations loaded in %.1f s", time.monotonic() - t0)
     low_dim = cfg.image_encoder != "pixels"

@@ -79,7 +79,8 @@ def run(args: argparse.Namespace) -> int:
     data = load_demos(args.dataset, cameras=bundle.cameras, image_hw=(h, w), pattern=pattern,
                       instruction_dim=bundle.instruction_dim, max_episodes=args.max_episodes,
                       image_encoder=bundle.image_encoder,
-                      keypoint_target=bool(bundle.meta.get("keypoint_target")))
+                      keypoint_target=bool(bundle.meta.get("keypoint_target")),
+                      keypoint_orientation=bool(bundle.meta.get("keypoint_orientation")))
     joints = tuple(data.action_names)
     grippers = tuple(j for r in ROBOTS.values() for j in r.gripper_joints if j in joints)
     cfg = bundle.config
