@@ -306,6 +306,9 @@ def test_shipped_bimanual_library_drives_both_arms():
         skill = lib.get(name)
         assert skill.spec.cameras == ("front", "left_wrist", "right_wrist")
         assert skill.spec.action_joints == tuple(robot.joint_names)
+        # the cube's yaw decides the wrist turn: these policies read the blobs' orientation too
+        assert skill.bundle.meta["keypoint_orientation"] is True
+        assert skill.bundle.keypoint_dim == kp.feature_dim(3, orientation=True)
         obs = [Observation(stamp=k / 30, images=images, joints=joints) for k in range(2)]
         chunk = SkillRunner(skill, skill.spec.description, horizon_s=1.0).next_chunk(obs, now=obs[-1].stamp)
         assert chunk.positions.shape[1] == 12 and np.all(np.isfinite(chunk.positions))

@@ -66,3 +66,25 @@ def test_pick_subtask_predicate_holds_after_the_pick():
         w.set_joint_targets(expert.act(w))
         w.step(w.control_steps)
     assert w.subtask_success(0) and not w.subtask_success(1)
+
+
+def test_two_arm_pick_turns_the_wrist_little_and_continuously_with_the_cube_yaw():
+    """The left arm's jaws start across the world's axes: its pick turns to the cube face nearest
+    them, so the wrist roll at the grasp follows the cube's yaw (one small turn, the same sign)
+    instead of jumping between about +90 and -90 degrees as the yaw crosses zero."""
+    w = SimWorld("bimanual_handover", render=False)
+    roll = w.joint_names.index("left_wrist_roll")
+    rolls = {}
+    for seed in (0, 1):  # cube yaw +0.25 and -0.15 rad
+        w.reset(seed)
+        expert = w.task.expert(w)
+        start = w.joint_positions()[roll]
+        while expert.current == 0:
+            w.set_joint_targets(expert.act(w))
+            w.step(w.control_steps)
+        assert w.subtask_success(0)
+        rolls[seed] = (w.body_yaw("cube"), w.joint_positions()[roll] - start)
+    (yaw0, turn0), (yaw1, turn1) = rolls[0], rolls[1]
+    assert yaw0 > 0.1 and yaw1 < -0.1
+    assert abs(turn0) < 0.45 and abs(turn1) < 0.45, rolls
+    assert np.sign(turn0) != np.sign(turn1), rolls

@@ -161,8 +161,15 @@ class ArmCommander:
 
     def pick(self, body: str, half_height: float, *, half_width: float | None = None,
              grasp_depth: float | None = None, lift: float = 0.08, yaw_offset: float = 0.0,
-             jaw_clearance: float | None = None) -> Iterator[None]:
+             jaw_clearance: float | None = None, nearest_yaw: bool = False) -> Iterator[None]:
         """Top-down grasp of a box-like body and lift it to ``lift`` (grasp point height).
+
+        The jaws turn to the body's yaw modulo 90 degrees in (-45, 45] (world frame); with
+        ``nearest_yaw`` to the one of its four face yaws nearest the jaws' current yaw instead: a
+        small wrist turn that varies continuously with the body's yaw. An arm whose jaws start
+        across the world's axes (the two-arm cell's arms face each other along y) otherwise turns
+        its wrist by about +90 or -90 degrees depending on the sign of the body's yaw, a choice a
+        policy imitating the motion cannot make from the body's image.
 
         By default the fixed jaw is placed just beside the body's face (1.5 mm away), so closing
         the moving jaw does not shove the body sideways. ``jaw_clearance`` (m) places it that far
@@ -171,7 +178,8 @@ class ArmCommander:
         """
         w = self.world
         pos = w.body_pos(body)
-        yaw = wrap_quarter(w.body_yaw(body)) + yaw_offset
+        face = w.body_yaw(body)
+        yaw = (self.yaw + wrap_quarter(face - self.yaw) if nearest_yaw else wrap_quarter(face)) + yaw_offset
         top = pos[2] + half_height
         depth = grasp_depth if grasp_depth is not None else min(half_height, 0.010)
         half_w = half_height if half_width is None else half_width

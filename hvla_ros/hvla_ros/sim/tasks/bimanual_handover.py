@@ -32,6 +32,12 @@ HALF = 0.021
 HANDOVER = np.array([0.20, 0.03, 0.058])
 RIGHT_TILT = 0.9
 RIGHT_GRASP = np.array([0.0, -0.010, -0.009])  # right grasp point relative to the cube centre
+#: Gap (m) between the left fixed jaw and the cube's face before closing (see cube_in_box's
+#: PICK_JAW_CLEARANCE): room for a learned pick that lands off along the jaw axis.
+PICK_JAW_CLEARANCE = 0.002
+#: Seconds the left arm holds the lifted cube before the pick subtask ends: the pick skill runs
+#: for its whole horizon, so its demonstrations show what to do once the cube is up.
+PICK_HOLD_S = 0.6
 
 
 def parallel(*programs: Iterator[None]) -> Iterator[None]:
@@ -112,7 +118,9 @@ class BimanualHandover(Task):
         approach = np.array([0.0, np.sin(RIGHT_TILT), -np.cos(RIGHT_TILT)])
 
         def pick() -> Iterator[None]:
-            yield from left.pick("cube", HALF, grasp_depth=0.007, lift=0.075)
+            yield from left.pick("cube", HALF, grasp_depth=0.007, lift=0.075, jaw_clearance=PICK_JAW_CLEARANCE,
+                                 nearest_yaw=True)
+            yield from left.hold(PICK_HOLD_S)
 
         def handover() -> Iterator[None]:
             offset = left.measured_grasp_point() - world.body_pos("cube")
