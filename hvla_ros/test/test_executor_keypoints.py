@@ -203,11 +203,28 @@ def test_target_block_copies_the_named_colours_features():
     np.testing.assert_array_equal(batch[1], kp.target_block(both, 2, ("red", None)))
 
 
+def _train_tiny_keypoint_pick(tmp_path, dataset, *flags):
+    """A 2-step colour-keypoint pick (front + wrist) trained by ``hvla train-skill`` with ``flags``,
+    loaded through a skill library file."""
+    from hvla_ros.executor.library import SkillLibrary
+
+    out = tmp_path / "pick"
+    rc = hvla(["train-skill", "--dataset", str(dataset), "--skill", "pick", "--out", str(out), "--steps", "2",
+               "--batch-size", "4", "--down-dims", "16,32", "--horizon", "8", "--n-action-steps", "4",
+               "--threads", "1", "--no-progress", "--image-encoder", "colour_keypoints", *flags,
+               "--cameras", "front", "wrist"])
+    assert rc == 0
+    f = tmp_path / "skills.yaml"
+    f.write_text(yaml.safe_dump({"robot": "so101", "skills": {"pick": {
+        "policy": str(out), "cameras": ["front", "wrist"], "image_encoder": "colour_keypoints",
+        "n_action_steps": 4, "denoising_steps": 2}}}))
+    return SkillLibrary.load(f).get("pick")
+
+
 def test_a_targeted_keypoint_policy_reads_what_its_instruction_names(tmp_path):
     """--keypoint-target: training data and the runner both append the named colour's features,
     so a policy sees the red square when told "red", nothing when told "blue"."""
     from hvla_ros.executor.demos import load_demos, write_synthetic_dataset
-    from hvla_ros.executor.library import SkillLibrary
     from hvla_ros.executor.runner import Observation, SkillRunner, policy_inputs
     from hvla_ros.robot import HOME_POSITION
 
@@ -217,18 +234,8 @@ def test_a_targeted_keypoint_policy_reads_what_its_instruction_names(tmp_path):
                       image_encoder=kp.ENCODER_NAME, keypoint_target=True)
     n_kp = kp.feature_dim(2)
     assert data.instruction.shape[1] == n_kp + kp.target_dim(2) + 16
-    out = tmp_path / "pick"
-    rc = hvla(["train-skill", "--dataset", str(ds), "--skill", "pick", "--out", str(out), "--steps", "2",
-               "--batch-size", "4", "--down-dims", "16,32", "--horizon", "8", "--n-action-steps", "4",
-               "--threads", "1", "--no-progress", "--image-encoder", "colour_keypoints", "--keypoint-target",
-               "--cameras", "front", "wrist"])
-    assert rc == 0
-    assert json.loads((out / "hvla_policy.json").read_text())["keypoint_target"] is True
-    f = tmp_path / "skills.yaml"
-    f.write_text(yaml.safe_dump({"robot": "so101", "skills": {"pick": {
-        "policy": str(out), "cameras": ["front", "wrist"], "image_encoder": "colour_keypoints",
-        "n_action_steps": 4, "denoising_steps": 2}}}))
-    skill = SkillLibrary.load(f).get("pick")
+    skill = _train_tiny_keypoint_pick(tmp_path, ds, "--keypoint-target")
+    assert skill.bundle.meta["keypoint_target"] is True
     assert skill.bundle.keypoint_dim == n_kp + kp.target_dim(2)
     obs = Observation(stamp=0.0, images={"front": _scene(), "wrist": _scene()}, joints=dict(HOME_POSITION))
     red = policy_inputs(skill, obs, None, "pick up the red cube")["observation.environment_state"].numpy()
@@ -243,7 +250,6 @@ def test_an_orientation_keypoint_policy_gets_the_same_features_in_training_and_a
     """--keypoint-orientation: the training data and the runner both put each camera's orientation
     values after its keypoints (and the target block still copies the right colour)."""
     from hvla_ros.executor.demos import load_demos, write_synthetic_dataset
-    from hvla_ros.executor.library import SkillLibrary
     from hvla_ros.executor.runner import Observation, SkillRunner, policy_inputs
     from hvla_ros.robot import HOME_POSITION
 
@@ -253,18 +259,8 @@ def test_an_orientation_keypoint_policy_gets_the_same_features_in_training_and_a
     data = load_demos(ds, cameras=["front", "wrist"], image_hw=(24, 32), pattern=r"^pick up",
                       image_encoder=kp.ENCODER_NAME, keypoint_target=True, keypoint_orientation=True)
     assert data.instruction.shape[1] == n_kp + kp.target_dim(2) + 16
-    out = tmp_path / "pick"
-    rc = hvla(["train-skill", "--dataset", str(ds), "--skill", "pick", "--out", str(out), "--steps", "2",
-               "--batch-size", "4", "--down-dims", "16,32", "--horizon", "8", "--n-action-steps", "4",
-               "--threads", "1", "--no-progress", "--image-encoder", "colour_keypoints", "--keypoint-target",
-               "--keypoint-orientation", "--cameras", "front", "wrist"])
-    assert rc == 0
-    assert json.loads((out / "hvla_policy.json").read_text())["keypoint_orientation"] is True
-    f = tmp_path / "skills.yaml"
-    f.write_text(yaml.safe_dump({"robot": "so101", "skills": {"pick": {
-        "policy": str(out), "cameras": ["front", "wrist"], "image_encoder": "colour_keypoints",
-        "n_action_steps": 4, "denoising_steps": 2}}}))
-    skill = SkillLibrary.load(f).get("pick")
+    skill = _train_tiny_keypoint_pick(tmp_path, ds, "--keypoint-target", "--keypoint-orientation")
+    assert json.loads((tmp_path / "pick" / "hvla_policy.json").read_text())["keypoint_orientation"] is True
     assert skill.bundle.keypoint_dim == n_kp + kp.target_dim(2)
     images = {"front": _square(0.3), "wrist": _scene()}
     obs = Observation(stamp=0.0, images=images, joints=dict(HOME_POSITION))
