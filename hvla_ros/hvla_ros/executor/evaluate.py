@@ -164,12 +164,12 @@ def run(args: argparse.Namespace) -> int:
         return 2
     world = SimWorld(args.task, image_size=(h, w))
     try:
-        n_subs = len(world.task.subtasks())
-        if args.subtasks is not None and not args.expert_subtasks < args.subtasks <= n_subs:
-            log.error(f"--subtasks {args.subtasks}: task {args.task!r} has {n_subs} subtasks, and it must exceed "
-                      f"--expert-subtasks ({args.expert_subtasks})")
+        all_subs = world.task.subtasks()
+        if args.subtasks is not None and not args.expert_subtasks < args.subtasks <= len(all_subs):
+            log.error(f"--subtasks {args.subtasks}: task {args.task!r} has {len(all_subs)} subtasks, and it must "
+                      f"exceed --expert-subtasks ({args.expert_subtasks})")
             return 2
-        subs = [] if args.flat else world.task.subtasks()[args.expert_subtasks:args.subtasks]
+        subs = [] if args.flat else all_subs[args.expert_subtasks:args.subtasks]
         missing = sorted({s.skill for s in subs} - set(lib.names()) | ({args.flat} - set(lib.names()) - {None}))
         if missing:
             log.error(f"task {args.task!r} needs skills {missing} that the library lacks ({lib.names()})")

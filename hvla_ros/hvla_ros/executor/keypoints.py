@@ -11,11 +11,10 @@ five numbers::
 ``len(KEYPOINT_COLOURS) * 5`` values per camera, cameras in the skill's order. With
 ``orientation`` each camera's values are followed by two more per colour: the blob's four-fold
 orientation (see :func:`encode_image`), which the five above cannot express (a square's spread is
-the same at every yaw). The colours are
-the task objects' (red, green, blue, yellow; in the SO-101 work cell yellow is also the arm) and
-grey (the box). HSV ranges come from the verifier's palette (hvla_ros.planner.image_checks) plus a
-low-saturation grey range; every image is resized to :data:`ENCODER_HW` first so features do not
-depend on the camera resolution.
+the same at every yaw). The colours are the task objects' (red, green, blue, yellow; in the SO-101
+work cell yellow is also the arm) and grey (the box). HSV ranges come from the verifier's palette
+(hvla_ros.planner.image_checks) plus a low-saturation grey range; every image is resized to
+:data:`ENCODER_HW` first so features do not depend on the camera resolution.
 
 What it costs: the policy sees coloured blobs only (no shape, no texture, no edges), two objects
 of one colour merge into one blob, and the palette must be re-tuned for a real camera's colours.
