@@ -286,16 +286,23 @@ def test_every_safety_rule_holds_or_bounds_the_simulated_arm(rclpy_context):
         _, q0, _ = peer.latest()
         with peer.lock:
             peer.trajs.clear()
-        # At least 1.5 s of chunks, and on until several multi-step trajectories went out: on a
-        # loaded 2-core machine this test's own clock can lag the refiner's for a while (its
-        # executor thread starved), and the first chunks it stamps then arrive stale.
+        # At least 1.5 s of chunks, and on until several multi-step trajectories went out and the
+        # arm has covered the distance asserted below (20 s at most): on a loaded 2-core machine
+        # this test's own clock can lag the refiner's for a while (its executor thread starved),
+        # the first chunks it stamps then arrive stale, and the simulator's clock runs behind the
+        # wall clock. A refiner that refused the far target would leave the arm where it was.
         t0 = time.monotonic()
 
         def streamed() -> int:
             with peer.lock:
                 return sum(len(m.points) >= 5 for m in peer.trajs)
 
-        while time.monotonic() < t0 + 1.5 or (streamed() < 4 and time.monotonic() < t0 + 15.0):
+        def covered() -> bool:
+            return bool(q0[pan] - peer.latest()[1][pan] > 1.2)
+
+        while time.monotonic() < t0 + 1.5 or (
+            (streamed() < 4 or not covered()) and time.monotonic() < t0 + 20.0
+        ):
             far = np.repeat(q0[None], 30, axis=0)
             far[:, pan] = q0[pan] - 1.5
             peer.send(far, peer.now() + 0.05)
