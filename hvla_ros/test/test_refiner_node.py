@@ -22,10 +22,10 @@ PERIOD = 1 / 30
 WATCHDOG = 0.3
 
 
-def _start_node(robot: str) -> subprocess.Popen:
+def _start_node(robot: str, watchdog: float = WATCHDOG) -> subprocess.Popen:
     return procs.spawn(
         [sys.executable, "-m", "hvla_ros.nodes.refiner_node", "--ros-args",
-         "-p", f"robot:={robot}", "-p", f"watchdog_timeout_s:={WATCHDOG}",
+         "-p", f"robot:={robot}", "-p", f"watchdog_timeout_s:={watchdog}",
          "-p", f"control_period_s:={PERIOD}", "-p", "latency_budget_s:=0.0"])
 
 
@@ -254,3 +254,107 @@ def test_bimanual_chunk_splits_per_controller(rclpy_context):
         out = procs.stop(proc)
         print("--- refiner node output ---\n" + out)  # shown when the test fails
     assert "Traceback" not in out, out
+
+
+class SubtaskServer:
+    """An ExecuteSubtask action server in the executor's place: its goals run until canceled or
+    told to finish, so the test decides when a subtask is canceled."""
+
+    def __init__(self, ctx) -> None:
+        import rclpy
+        from rclpy.action import ActionClient, ActionServer, CancelResponse
+        from rclpy.callback_groups import ReentrantCallbackGroup
+        from rclpy.executors import MultiThreadedExecutor
+
+        from hvla_interfaces.action import ExecuteSubtask
+
+        self.node = rclpy.create_node("subtask_server_stand_in", context=ctx)
+        self.finish = threading.Event()
+        group = ReentrantCallbackGroup()
+        self.server = ActionServer(self.node, ExecuteSubtask, topics.EXECUTE_SUBTASK_ACTION, self._execute,
+                                   cancel_callback=lambda _h: CancelResponse.ACCEPT, callback_group=group)
+        self.client = ActionClient(self.node, ExecuteSubtask, topics.EXECUTE_SUBTASK_ACTION, callback_group=group)
+        self.executor = MultiThreadedExecutor(num_threads=4, context=ctx)
+        self.executor.add_node(self.node)
+        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self.thread.start()
+
+    def _execute(self, handle):
+        from hvla_interfaces.action import ExecuteSubtask
+
+        Result = ExecuteSubtask.Result
+        while not handle.is_cancel_requested and not self.finish.is_set():
+            time.sleep(0.01)
+        if handle.is_cancel_requested:
+            time.sleep(0.2)  # a policy call still in flight: the goal stays CANCELING a while
+            handle.canceled()
+            return Result(termination=Result.TERMINATION_CANCELED)
+        handle.succeed()
+        return Result(termination=Result.TERMINATION_HORIZON)
+
+    def start_goal(self, peer: Peer):
+        from hvla_interfaces.action import ExecuteSubtask
+
+        assert self.client.wait_for_server(timeout_sec=10.0)
+        self.finish.clear()
+        fut = self.client.send_goal_async(ExecuteSubtask.Goal())
+        handle = peer.wait_for(lambda: fut.done() and fut.result())
+        assert handle.accepted
+        return handle
+
+    def close(self) -> None:
+        self.finish.set()
+        self.executor.shutdown(timeout_sec=2.0)
+        self.thread.join(timeout=5)
+        self.node.destroy_node()
+
+
+def test_canceled_subtask_holds_the_arm_before_its_chunk_plays_out(rclpy_context):
+    """An operator's or the planner's cancel stops the arm at once, not when the sent chunk ends.
+
+    The watchdog is set far out (10 s) so that only the cancel can cause the hold; a goal that
+    ends normally leaves its chunk to play out.
+    """
+    proc = _start_node("so101", watchdog=10.0)
+    peer = Peer(rclpy_context, SO101)
+    server = SubtaskServer(rclpy_context)
+    try:
+        _ready(peer)
+        long = peer.q[None, :] + 0.001 * np.arange(1, 121)[:, None]  # 4 s of motion
+        # 1. a goal that finishes normally: its chunk plays out, no hold
+        server.start_goal(peer)
+        peer.send_chunk(long, peer.now() + 0.5)
+        peer.wait_for(lambda: peer.first_motion("arm"))
+        server.finish.set()
+        time.sleep(1.0)
+        with peer.lock:
+            assert peer.first_traj("arm", 1) is None, "a goal that ended normally must not stop the arm"
+        # 2. a goal canceled while its chunk runs: hold at the measured position, within 1 s
+        peer.clear()
+        handle = server.start_goal(peer)
+        peer.send_chunk(long, peer.now() + 0.5)
+        peer.wait_for(lambda: peer.first_motion("arm"))
+        t_cancel = time.monotonic()
+        handle.cancel_goal_async()
+        t_hold, hold = peer.wait_for(lambda: peer.first_traj("arm", 1), timeout=10.0)
+        print(f"cancel -> hold received: {1e3 * (t_hold - t_cancel):.1f} ms")
+        assert t_hold - t_cancel < 2.0  # the chunk would have run 4 s, the watchdog 10 s
+        assert _seconds(hold.header.stamp) == 0.0 and list(hold.points[0].velocities) == [0.0] * 6
+        np.testing.assert_allclose(hold.points[0].positions[:5], peer.q[:5], atol=1e-9)
+        st = peer.wait_for(lambda: [m for _, m in peer.status if m.holding])[-1]
+        assert st.error_code == st.ERROR_NONE  # a cancel is not a safety fault
+        with peer.lock:
+            assert len([x for x in peer.trajs["arm"] if len(x[1].points) == 1]) == 1  # held once
+        # 3. the next subtask's chunks move the arm again
+        peer.clear()
+        server.start_goal(peer)
+        peer.send_chunk(long[:8], peer.now() + 0.5)
+        peer.wait_for(lambda: peer.first_motion("arm"))
+        assert proc.poll() is None
+    finally:
+        server.close()
+        peer.close()
+        out = procs.stop(proc)
+        print("--- refiner node output ---\n" + out)  # shown when the test fails
+    assert "Traceback" not in out, out
+    assert "subtask goal canceled: holding the arm" in out

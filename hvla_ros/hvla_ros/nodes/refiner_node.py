@@ -1,7 +1,9 @@
 """refiner_node: anchor chunks -> (refinement) -> last-line safety -> JointTrajectory per arm.
 
-Subscribes ``executor/anchor_chunks`` (ActionChunk), ``joint_states`` and the e-stop topic;
-serves the e-stop service; publishes refined chunks (origin REFINED), one
+Subscribes ``executor/anchor_chunks`` (ActionChunk), ``joint_states``, the e-stop topic and
+the status of the executor's ``executor/execute_subtask`` action (a subtask goal being canceled
+holds the arm at once: the steps of the chunk already sent are not played out); serves the
+e-stop service; publishes refined chunks (origin REFINED), one
 ``trajectory_msgs/JointTrajectory`` per arm controller (``<controller>/joint_trajectory``) and
 ``safety/status``. The plain-Python cores are :class:`~hvla_ros.refiner.safety.SafetyFilter`
 and :class:`~hvla_ros.refiner.runtime.ChunkRefiner`; this node only wires them to topics.
@@ -21,13 +23,16 @@ from __future__ import annotations
 
 import functools
 import threading
+from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from action_msgs.msg import GoalStatus, GoalStatusArray
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.lifecycle import Node as LifecycleNode
 from rclpy.lifecycle import State, TransitionCallbackReturn
+from rclpy.qos import qos_profile_action_status_default
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Bool
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
@@ -82,6 +87,9 @@ class RefinerNode(LifecycleNode):
         self._traj_pubs: dict[str, Any] = {}
         self._arm_of: dict[str, str] = {}
         self._instruction = ""
+        # subtask goals (uuid bytes) seen running, and those already held for: bounded histories
+        self._goals_running: deque[bytes] = deque(maxlen=64)
+        self._goals_held: deque[bytes] = deque(maxlen=64)
 
     # ------------------------------------------------------------------ lifecycle
     def on_configure(self, state: State) -> TransitionCallbackReturn:
@@ -118,6 +126,9 @@ class RefinerNode(LifecycleNode):
                                      callback_group=group),
             self.create_service(SetEStop, topics.SET_ESTOP_SERVICE, self._on_estop_service,
                                 callback_group=group),
+            self.create_subscription(GoalStatusArray, topics.EXECUTE_SUBTASK_ACTION + "/_action/status",
+                                     self._on_subtask_status, qos_profile_action_status_default,
+                                     callback_group=group),
             self.create_timer(cfg.control_period, self._on_tick, callback_group=group),
         ]
         if self._refiner is not None and p["recompute_context"]:
@@ -280,6 +291,33 @@ class RefinerNode(LifecycleNode):
         response.error_code = SetEStop.Response.ERROR_NONE
         response.engaged = self._filter.estop_engaged
         return response
+
+    def _on_subtask_status(self, msg: GoalStatusArray) -> None:
+        """Hold the arm when a subtask goal is being canceled (the planner's or an operator's cancel).
+
+        The executor publishes no chunk after a cancel request; this stops the one it already
+        sent. A goal counts when this node saw it running or saw it while canceling: a canceled
+        goal latched from before this node started is left alone.
+        """
+        f = self._filter
+        if f is None or not self._active:
+            return
+        for st in msg.status_list:
+            uid = bytes(st.goal_info.goal_id.uuid)
+            if st.status == GoalStatus.STATUS_EXECUTING:
+                if uid not in self._goals_running:
+                    self._goals_running.append(uid)
+                continue
+            canceling = st.status == GoalStatus.STATUS_CANCELING or (
+                st.status == GoalStatus.STATUS_CANCELED and uid in self._goals_running)
+            if not canceling or uid in self._goals_held:
+                continue
+            self._goals_held.append(uid)
+            now = self.now_s()
+            with self._lock:
+                self._publish(f.hold(now), now)
+                self._publish_status(now)
+            self.get_logger().info("subtask goal canceled: holding the arm where it is")
 
     def _on_tick(self) -> None:
         f = self._filter
