@@ -71,3 +71,18 @@ def test_eval_can_run_the_first_subtasks_alone(tmp_path, capsys):
     doc = json.loads(out.read_text())
     assert doc["episodes"][0]["subtasks"] == [False] and doc["task_success"] is None
     assert hvla([*base, "--subtasks", "3"]) == 2
+
+
+def test_expert_subtasks_are_judged_when_the_expert_finishes_each():
+    """The scripted expert's pick and handover both count as done: the pick is judged when the
+    expert moves on from it (judged after the handover, the left arm no longer holds the cube)."""
+    from hvla_ros.executor.evaluate import run_episode
+    from hvla_ros.sim.world import SimWorld
+
+    world = SimWorld("bimanual_handover", image_size=(24, 32))
+    try:
+        ep = run_episode(world, None, 0, horizon_s=0.3, image_hw=(24, 32), cameras=[], expert_subtasks=2,
+                         subtasks=2)
+    finally:
+        world.close()
+    assert ep["subtasks"] == [True, True] and ep["success"] is None

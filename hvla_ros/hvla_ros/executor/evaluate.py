@@ -47,7 +47,10 @@ def run_episode(world: Any, lib: Any, seed: int, *, horizon_s: float | None, ima
         while expert.current < expert_subtasks and not expert.done and world.time < world.task.time_limit:
             world.set_joint_targets(np.asarray(expert.act(world), dtype=float))
             world.step(world.control_steps)
-        results = [world.subtask_success(i) for i in range(expert_subtasks)]
+            # each expert subtask is judged when the expert moves on from it (a pick's "held"
+            # no longer holds once the handover after it has passed the cube on)
+            results += [world.subtask_success(i) for i in range(len(results), min(expert.current, expert_subtasks))]
+        results += [world.subtask_success(i) for i in range(len(results), expert_subtasks)]
     for i, sub in enumerate(world.task.subtasks()):
         if i < expert_subtasks:
             continue
