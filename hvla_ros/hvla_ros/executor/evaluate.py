@@ -28,6 +28,23 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 
+def expert_prefix(world: Any, k: int) -> list[bool]:
+    """The task's scripted expert does the first ``k`` subtasks; returns their post-conditions.
+
+    Each is judged when the expert moves on from it (a pick's "held" no longer holds once the
+    handover after it has passed the cube on). The world must be freshly reset.
+    """
+    results: list[bool] = []
+    if k <= 0:
+        return results
+    expert = world.task.expert(world)
+    while expert.current < k and not expert.done and world.time < world.task.time_limit:
+        world.set_joint_targets(np.asarray(expert.act(world), dtype=float))
+        world.step(world.control_steps)
+        results += [bool(world.subtask_success(i)) for i in range(len(results), min(expert.current, k))]
+    return results + [bool(world.subtask_success(i)) for i in range(len(results), k)]
+
+
 def run_episode(world: Any, lib: Any, seed: int, *, horizon_s: float | None, image_hw: tuple[int, int],
                 cameras: Sequence[str], stop_on_failure: bool = False, expert_subtasks: int = 0,
                 subtasks: int | None = None) -> dict[str, Any]:
@@ -41,16 +58,7 @@ def run_episode(world: Any, lib: Any, seed: int, *, horizon_s: float | None, ima
 
     world.reset(seed)
     names = world.joint_names
-    results: list[bool] = []
-    if expert_subtasks:
-        expert = world.task.expert(world)
-        while expert.current < expert_subtasks and not expert.done and world.time < world.task.time_limit:
-            world.set_joint_targets(np.asarray(expert.act(world), dtype=float))
-            world.step(world.control_steps)
-            # each expert subtask is judged when the expert moves on from it (a pick's "held"
-            # no longer holds once the handover after it has passed the cube on)
-            results += [world.subtask_success(i) for i in range(len(results), min(expert.current, expert_subtasks))]
-        results += [world.subtask_success(i) for i in range(len(results), expert_subtasks)]
+    results = expert_prefix(world, expert_subtasks)
     for i, sub in enumerate(world.task.subtasks()):
         if i < expert_subtasks:
             continue

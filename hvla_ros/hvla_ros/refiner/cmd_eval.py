@@ -40,18 +40,6 @@ PAPER_DELTA = {"full": +7.8, "no_gripper": -3.8, "naive_gripper_mse": -9.7, "no_
 PRECISION_TASKS = ("cube_in_box", "pen_in_holder", "stack_blue_on_yellow", "open_drawer")
 
 
-def expert_prefix(world: Any, k: int) -> list[bool]:
-    """The task's scripted expert does the first ``k`` subtasks (as ``hvla eval-skills
-    --expert-subtasks``); returns their post-conditions. The world must be freshly reset."""
-    if k <= 0:
-        return []
-    expert = world.task.expert(world)
-    while expert.current < k and not expert.done and world.time < world.task.time_limit:
-        world.set_joint_targets(np.asarray(expert.act(world), dtype=float))
-        world.step(world.control_steps)
-    return [bool(world.subtask_success(i)) for i in range(k)]
-
-
 def run_episode(world: Any, lib: Any, seed: int, refiner: Any, *, horizon_s: float | None,
                 cameras: list[str], expert_subtasks: int = 0, latency_steps: int = 0) -> dict[str, Any]:
     """One seeded episode with chunks refined by ``refiner`` (None = anchor only) and safety-filtered.
@@ -69,6 +57,7 @@ def run_episode(world: Any, lib: Any, seed: int, refiner: Any, *, horizon_s: flo
     """
     import torch
 
+    from hvla_ros.executor.evaluate import expert_prefix
     from hvla_ros.executor.runner import Observation, ObservationBuffer, SkillRunner
     from hvla_ros.refiner.runtime import observation_context_provider
     from hvla_ros.refiner.safety import Chunk, SafetyConfig, SafetyFilter
