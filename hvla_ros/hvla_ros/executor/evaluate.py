@@ -28,6 +28,15 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 
+def seed_episode(world: Any, seed: int) -> None:
+    """Reset ``world`` to ``seed`` and seed torch's generator, which draws the policies'
+    denoising noise: the same seed then gives the same rollout (on the same machine and build)."""
+    import torch
+
+    world.reset(seed)
+    torch.manual_seed(seed)
+
+
 def expert_prefix(world: Any, k: int) -> list[bool]:
     """The task's scripted expert does the first ``k`` subtasks; returns their post-conditions.
 
@@ -56,7 +65,7 @@ def run_episode(world: Any, lib: Any, seed: int, *, horizon_s: float | None, ima
     """
     from hvla_ros.executor.runner import Observation, ObservationBuffer, SkillRunner
 
-    world.reset(seed)
+    seed_episode(world, seed)
     names = world.joint_names
     results = expert_prefix(world, expert_subtasks)
     for i, sub in enumerate(world.task.subtasks()):
@@ -96,7 +105,7 @@ def run_flat_episode(world: Any, skill: Any, seed: int, *, horizon_s: float, cam
     """The flat baseline: one policy runs the whole task from the goal text for ``horizon_s``."""
     from hvla_ros.executor.runner import Observation, ObservationBuffer, SkillRunner
 
-    world.reset(seed)
+    seed_episode(world, seed)
     names = world.joint_names
     runner = SkillRunner(skill, world.task.goal, horizon_s, max_obs_age_s=1e9)
     buf = ObservationBuffer(maxlen=8)

@@ -55,17 +55,14 @@ def run_episode(world: Any, lib: Any, seed: int, refiner: Any, *, horizon_s: flo
     filter); the next observation is taken when step ``n_action_steps`` of the chunk is due, so
     the arm finishes the chunk while the next one is computed.
     """
-    import torch
-
-    from hvla_ros.executor.evaluate import expert_prefix
+    from hvla_ros.executor.evaluate import expert_prefix, seed_episode
     from hvla_ros.executor.runner import Observation, ObservationBuffer, SkillRunner
     from hvla_ros.refiner.runtime import observation_context_provider
     from hvla_ros.refiner.safety import Chunk, SafetyConfig, SafetyFilter
 
-    world.reset(seed)
     # The same denoising noise for every variant on a seed (common random numbers): the
     # variants' differences are then not drowned in the anchor's sampling noise.
-    torch.manual_seed(seed)
+    seed_episode(world, seed)
     names = world.joint_names
     safety = SafetyFilter(world.robot, SafetyConfig(latency_budget=0.0))
     results = expert_prefix(world, expert_subtasks)
