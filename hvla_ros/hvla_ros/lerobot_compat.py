@@ -40,6 +40,7 @@ from typing import Any
 # Must precede any torchvision import (lerobot imports it).
 sys.modules.setdefault("torchvision._meta_registrations", types.ModuleType("torchvision._meta_registrations"))
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
@@ -105,6 +106,15 @@ class PolicyBundle:
         """(C, H, W) every camera image must have at the policy input."""
         feats = self.policy.config.image_features
         return tuple(next(iter(feats.values())).shape)  # type: ignore[return-value]
+
+    def state_range(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """(min, max) of ``observation.state`` in the training data (the normalizer's statistics)."""
+        for step in self.preprocessor.steps:
+            st = (getattr(step, "stats", None) or {}).get(STATE_KEY)
+            if st and "min" in st and "max" in st:
+                return (np.asarray(st["min"], dtype=np.float32).reshape(-1),
+                        np.asarray(st["max"], dtype=np.float32).reshape(-1))
+        return None
 
     @property
     def state_dim(self) -> int:

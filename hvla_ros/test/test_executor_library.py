@@ -148,6 +148,10 @@ def test_observation_mismatch_is_a_clear_error(policy_dir, entry, message):
         ),
         ({"skills": {"x": {"policy": "hold", "default_horizon_s": -1}}}, "must be >= 0.0"),
         ({"skills": {"x": {"policy": None}}}, "'policy' must be"),
+        ({"skills": {"x": {"policy": "p", "cameras": ["front"], "state_clamp": -0.1}}},
+         r"'state_clamp' must be >= 0.0, got -0.1"),
+        ({"skills": {"x": {"policy": "p", "cameras": ["front"], "state_clamp": "yes"}}},
+         r"'state_clamp' must be a float, got 'yes'"),
     ],
 )
 def test_bad_entries_rejected_without_loading(doc, message):
@@ -162,3 +166,25 @@ def test_unreadable_yaml(tmp_path):
         SkillLibrary.load(f)
     with pytest.raises(SkillConfigError, match="cannot read skill library"):
         SkillLibrary.load(tmp_path / "absent.yaml")
+
+
+def test_state_clamp_keeps_the_policy_state_within_the_demonstrations_range(policy_dir):
+    """With state_clamp the policy sees each joint within its training range widened by that
+    fraction (the untrained policy's range is the joint limits); without it, the raw reading."""
+    import numpy as np
+
+    from hvla_ros.executor.runner import Observation, policy_state
+    from hvla_ros.robot import POSITION_LIMITS
+
+    lims = np.array([POSITION_LIMITS[j] for j in JOINTS], dtype=np.float32)
+    width = lims[:, 1] - lims[:, 0]
+    raw = {j: 0.0 for j in JOINTS} | {JOINTS[0]: 50.0, JOINTS[1]: -50.0}
+    obs = Observation(stamp=0.0, images={}, joints=raw)
+    plain = SkillLibrary.from_dict(_doc(policy_dir)).get("pick")
+    assert plain.state_bounds is None
+    assert policy_state(plain, obs)[:2].tolist() == [50.0, -50.0]
+    clamped = SkillLibrary.from_dict(_doc(policy_dir, state_clamp=0.25)).get("pick")
+    q = policy_state(clamped, obs)
+    assert q[0] == pytest.approx(lims[0, 1] + 0.25 * width[0], rel=1e-5)
+    assert q[1] == pytest.approx(lims[1, 0] - 0.25 * width[1], rel=1e-5)
+    assert q[2:].tolist() == [0.0] * (len(JOINTS) - 2)  # within range: untouched

@@ -3,9 +3,12 @@ limits; doing nothing does not."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
+import hvla_ros
 from hvla_ros.sim.cmd_eval_experts import run_expert_episode
 from hvla_ros.sim.tasks import TASKS
 from hvla_ros.sim.world import SimWorld
@@ -88,3 +91,30 @@ def test_two_arm_pick_turns_the_wrist_little_and_continuously_with_the_cube_yaw(
     assert yaw0 > 0.1 and yaw1 < -0.1
     assert abs(turn0) < 0.45 and abs(turn1) < 0.45, rolls
     assert np.sign(turn0) != np.sign(turn1), rolls
+
+
+def test_handover_demonstrations_cover_the_skill_horizon_and_end_still():
+    """The handover skill runs for its whole horizon: the expert's handover lasts at least that
+    long, and its last HANDOVER_HOLD_S hold both arms still with the cube passed on (without the
+    hold the learned skill, past what it had seen, closed the left jaws on the cube again)."""
+    from hvla_ros.executor.library import SkillLibrary
+    from hvla_ros.sim.tasks.bimanual_handover import HANDOVER_HOLD_S
+
+    horizon = SkillLibrary.load(
+        Path(hvla_ros.__file__).parent / "config" / "skills_bimanual.yaml", load_policies=False
+    ).get("handover").spec.default_horizon_s
+    w = SimWorld("bimanual_handover", seed=3, render=False)
+    expert = w.task.expert(w)
+    targets = []
+    while expert.current < 2:
+        q = np.asarray(expert.act(w), dtype=float)
+        if expert.current == 1:
+            targets.append(q)
+        w.set_joint_targets(q)
+        w.step(w.control_steps)
+    dt = w.control_steps * w.timestep
+    assert len(targets) * dt >= horizon, (len(targets) * dt, horizon)
+    hold = round(HANDOVER_HOLD_S / dt)
+    assert np.allclose(targets[-hold:], targets[-1])
+    assert not np.allclose(targets[-hold - 30], targets[-1])  # the arms moved before the hold
+    assert w.subtask_success(1)

@@ -17,6 +17,8 @@ Loaded from YAML (default: the package's ``config/skills.yaml``)::
         default_horizon_s: 12.0   # used when Subtask.horizon is zero
         denoising_steps: 10       # DDIM steps per chunk
         step_period_s: 0.0333     # optional; default 1/fps of the training data
+        state_clamp: 0.25         # optional; clamp each state joint to its demonstrations' range
+                                  # widened by this fraction of it on each side (default: none)
       observe:
         description: hold still while watching
         policy: hold              # no learned policy: hold the current joint positions
@@ -36,6 +38,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 from hvla_ros.robot import RobotSpec, get_robot
@@ -58,6 +61,7 @@ _KEYS = frozenset(
         "n_action_steps",
         "default_horizon_s",
         "denoising_steps",
+        "state_clamp",
         "step_period_s",
     }
 )
@@ -132,6 +136,11 @@ class SkillSpec:
     default_horizon_s: float = 5.0
     denoising_steps: int = 10
     step_period_s: float = 1.0 / 30.0
+    #: Clamp each state joint to [min - c * range, max + c * range] of the demonstrations before
+    #: the policy's min-max normalization (None: no clamp). A joint the demonstrations held still
+    #: (the idle arm of a two-arm skill) has a range near zero: a few degrees off it would reach the
+    #: policy as a value in the thousands and its actions would be garbage.
+    state_clamp: float | None = None
 
     @property
     def is_hold(self) -> bool:
@@ -144,6 +153,8 @@ class Skill:
 
     spec: SkillSpec
     bundle: Any = None  # lerobot_compat.PolicyBundle
+    #: (low, high) per state joint when the spec asks for ``state_clamp``
+    state_bounds: tuple[np.ndarray, np.ndarray] | None = None
 
     @property
     def name(self) -> str:
@@ -305,6 +316,7 @@ def parse_skill(name: str, entry: Any, robot: RobotSpec, where: str) -> SkillSpe
         default_horizon_s=horizon_s,
         denoising_steps=num("denoising_steps", 10, int, 1),
         step_period_s=period,
+        state_clamp=num("state_clamp", 0.0, float, 0.0) if "state_clamp" in entry else None,
     )
 
 
@@ -368,10 +380,17 @@ def load_skill(spec: SkillSpec, *, device: str = "cpu") -> Skill:
     bundle.set_inference_steps(spec.denoising_steps)
     period = spec.step_period_s or 1.0 / float(bundle.meta.get("fps", 30))
     final = SkillSpec(**{**spec.__dict__, "step_period_s": period, "chunk_length": cfg.horizon})
+    bounds = None
+    if spec.state_clamp is not None:
+        rng = bundle.state_range()
+        if rng is None:
+            raise SkillConfigError(f"{ctx}: state_clamp is set but the policy has no state statistics")
+        lo, hi = rng
+        bounds = (lo - spec.state_clamp * (hi - lo), hi + spec.state_clamp * (hi - lo))
     log.info(
         "loaded skill %s from %s (%d parameters)",
         spec.name,
         spec.policy_dir,
         sum(p.numel() for p in bundle.policy.parameters()),
     )
-    return Skill(spec=final, bundle=bundle)
+    return Skill(spec=final, bundle=bundle, state_bounds=bounds)

@@ -195,7 +195,7 @@ def policy_inputs(
         out[lc.image_key(cam)] = (
             torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).float().div_(255.0)
         )
-    out[lc.STATE_KEY] = torch.from_numpy(joint_vector(obs, skill.spec.state_joints))
+    out[lc.STATE_KEY] = torch.from_numpy(policy_state(skill, obs))
     if instruction_vec is not None:
         out[lc.INSTRUCTION_KEY] = torch.from_numpy(instruction_vec)
     return out
@@ -226,9 +226,17 @@ def _keypoint_inputs(
         )
     parts = [kps] if instruction_vec is None else [kps, instruction_vec.astype(np.float32)]
     return {
-        lc.STATE_KEY: torch.from_numpy(joint_vector(obs, skill.spec.state_joints)),
+        lc.STATE_KEY: torch.from_numpy(policy_state(skill, obs)),
         lc.INSTRUCTION_KEY: torch.from_numpy(np.concatenate(parts)),
     }
+
+
+def policy_state(skill: Skill, obs: Observation) -> np.ndarray:
+    """The skill's state joints from ``obs``, clamped to ``skill.state_bounds`` when it has them."""
+    q = joint_vector(obs, skill.spec.state_joints)
+    if skill.state_bounds is not None:
+        np.clip(q, skill.state_bounds[0], skill.state_bounds[1], out=q)
+    return q
 
 
 def joint_vector(obs: Observation, names: Sequence[str]) -> np.ndarray:

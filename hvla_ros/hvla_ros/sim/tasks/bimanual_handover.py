@@ -38,6 +38,11 @@ PICK_JAW_CLEARANCE = 0.002
 #: Seconds the left arm holds the lifted cube before the pick subtask ends: the pick skill runs
 #: for its whole horizon, so its demonstrations show what to do once the cube is up.
 PICK_HOLD_S = 0.6
+#: Seconds both arms hold still once the handover is done (cube in the right jaws, left arm clear
+#: and open) before the handover subtask ends. The handover skill runs for its whole horizon (12 s)
+#: and the expert's handover takes about 8 s: without the hold, its demonstrations never show what
+#: to do once the handover is done, and the learned skill closed the left jaws on the cube again.
+HANDOVER_HOLD_S = 4.5
 
 
 def parallel(*programs: Iterator[None]) -> Iterator[None]:
@@ -143,6 +148,7 @@ class BimanualHandover(Task):
             yield from left.move(p + up(0.04), speed=SLOW_SPEED)
             p = left.point
             yield from left.move(p + np.array([0.0, 0.06, 0.0]))
+            yield from left.hold(HANDOVER_HOLD_S)
 
         def place() -> Iterator[None]:
             offset = right.measured_grasp_point() - world.body_pos("cube")
