@@ -255,12 +255,14 @@ class ExecutorNode(LifecycleNode):
             self._current_goal = handle  # a running goal sees this and stops (preempted)
         handle.execute()
 
-    def _finish(self, handle: Any, runner: SkillRunner | None, t0: float, termination: int,
+    def _finish(self, handle: Any, sent: tuple[int, int] | None, t0: float, termination: int,
                 error_code: int = Result.ERROR_NONE, error_msg: str = "") -> ExecuteSubtask.Result:
+        """End the goal; ``sent``: (chunks, steps) published for it (None: it never started running).
+
+        A chunk computed but not published (the goal canceled during its inference) is not counted."""
         res = Result(error_code=error_code, error_msg=error_msg, termination=termination)
-        if runner is not None:
-            res.steps_executed = runner.steps_planned
-            res.chunks_executed = runner.chunks_planned
+        if sent is not None:
+            res.chunks_executed, res.steps_executed = sent
         res.elapsed = to_duration(time.monotonic() - t0)
         with self._goal_lock:
             if self._current_goal is handle:
@@ -273,7 +275,7 @@ class ExecutorNode(LifecycleNode):
             handle.abort()
         text = (f"subtask {handle.request.subtask.skill!r} ended: termination {termination}"
                 + (f", error {error_code}: {error_msg}" if error_code else "")
-                + (f", {runner.chunks_planned} chunks / {runner.steps_planned} steps" if runner else ""))
+                + (f", {sent[0]} chunks / {sent[1]} steps" if sent is not None else ""))
         # (rclpy ties a severity to each call site: separate calls for info and warning)
         if error_code:
             self.get_logger().warning(text)
@@ -307,13 +309,14 @@ class ExecutorNode(LifecycleNode):
         runner = SkillRunner(skill, sub.instruction, horizon or None,
                              max_obs_age_s=float(self.p["max_observation_age_s"]))
         grippers = lib.robot.gripper_joints
+        sent = (0, 0)  # chunks and steps published for this goal
         stale_since: float | None = None
         started = self.now_s()
         grace_s = max(2.0, runner.step_period * skill.spec.n_action_steps)
         while not runner.done:
             reason = self._stop_reason(handle)
             if reason is not None:
-                return self._finish(handle, runner, t0, reason)
+                return self._finish(handle, sent, t0, reason)
             now = self.now_s()
             if now - started >= runner.horizon_s + grace_s:
                 # The horizon is a time budget as well as a step budget: a policy slower than
@@ -346,20 +349,21 @@ class ExecutorNode(LifecycleNode):
                 handle.publish_feedback(fb)
                 self.get_logger().warning(f"{sub.skill}: {exc}", throttle_duration_sec=2.0)
                 if time.monotonic() - stale_since > float(self.p["stale_abort_s"]):
-                    return self._finish(handle, runner, t0, Result.TERMINATION_ERROR,
+                    return self._finish(handle, sent, t0, Result.TERMINATION_ERROR,
                                         Result.ERROR_STALE_OBSERVATION, str(exc))
                 time.sleep(0.02)
                 continue
             except (ObservationError, FloatingPointError, RuntimeError, ValueError) as exc:
-                return self._finish(handle, runner, t0, Result.TERMINATION_ERROR, Result.ERROR_POLICY_FAILED,
+                return self._finish(handle, sent, t0, Result.TERMINATION_ERROR, Result.ERROR_POLICY_FAILED,
                                     f"{type(exc).__name__}: {exc}")
             stale_since = None
             self._latency = 0.8 * self._latency + 0.2 * dt_clock if runner.chunks_planned > 1 else dt_clock
             reason = self._stop_reason(handle)
             if reason is not None:  # canceled or preempted during inference: publish nothing
-                return self._finish(handle, runner, t0, reason)
+                return self._finish(handle, sent, t0, reason)
             self._chunk_pub.publish(chunk_message(chunk, grippers, episode_id=sub.episode_id,
                                                   subtask_id=sub.subtask_id))
+            sent = (sent[0] + 1, runner.steps_planned)
             age = max(0.0, self.now_s() - chunk.start_time)
             self._chunk_age = age if self._chunk_age is None else 0.7 * self._chunk_age + 0.3 * age
             handle.publish_feedback(ExecuteSubtask.Feedback(
@@ -370,9 +374,9 @@ class ExecutorNode(LifecycleNode):
         while self.now_s() < end:
             reason = self._stop_reason(handle)
             if reason is not None:
-                return self._finish(handle, runner, t0, reason)
+                return self._finish(handle, sent, t0, reason)
             time.sleep(min(0.01, max(0.0, end - self.now_s())))
-        return self._finish(handle, runner, t0, Result.TERMINATION_HORIZON)
+        return self._finish(handle, sent, t0, Result.TERMINATION_HORIZON)
 
     def _chunk_due(self, runner: SkillRunner, now: float) -> bool:
         """Predict the next chunk now? With latency compensation: once the observation stamped
