@@ -3,12 +3,9 @@ limits; doing nothing does not."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-import hvla_ros
 from hvla_ros.sim.cmd_eval_experts import run_expert_episode
 from hvla_ros.sim.tasks import TASKS
 from hvla_ros.sim.world import SimWorld
@@ -97,12 +94,11 @@ def test_handover_demonstrations_cover_the_skill_horizon_and_end_still():
     """The handover skill runs for its whole horizon: the expert's handover lasts at least that
     long, and its last HANDOVER_HOLD_S hold both arms still with the cube passed on (without the
     hold the learned skill, past what it had seen, closed the left jaws on the cube again)."""
-    from hvla_ros.executor.library import SkillLibrary
+    from hvla_ros.executor.library import SkillLibrary, skills_file_for_task
     from hvla_ros.sim.tasks.bimanual_handover import HANDOVER_HOLD_S
 
-    horizon = SkillLibrary.load(
-        Path(hvla_ros.__file__).parent / "config" / "skills_bimanual.yaml", load_policies=False
-    ).get("handover").spec.default_horizon_s
+    lib = SkillLibrary.load(skills_file_for_task("bimanual_handover"), load_policies=False)
+    horizon = lib.get("handover").spec.default_horizon_s
     w = SimWorld("bimanual_handover", seed=3, render=False)
     expert = w.task.expert(w)
     targets = []
