@@ -87,3 +87,84 @@ def test_existing_root_is_refused(recorded):
     from hvla_ros.cli import main
 
     assert main(["record-demos", "--task", "cube_in_box", "--episodes", "1", "--root", str(recorded)]) == 2
+
+
+def _rollout_with_executed_targets(world, seed, noise):
+    """A recorded rollout and the targets the arm really received at each step."""
+    from hvla_ros.sim.recorder import rollout
+
+    executed: list[np.ndarray] = []
+    real = world.set_joint_targets
+
+    def spy(q):
+        executed.append(np.asarray(q, dtype=float).copy())
+        real(q)
+
+    world.set_joint_targets = spy
+    try:
+        rec = rollout(world, seed, [], noise)
+    finally:
+        del world.set_joint_targets
+    return rec, np.array(executed)
+
+
+def test_dart_noise_perturbs_what_the_arm_executes_not_what_is_recorded():
+    from hvla_ros.sim.recorder import DartNoise
+    from hvla_ros.sim.world import SimWorld
+
+    world = SimWorld("cube_in_box", render=False)
+    noise = DartNoise(0.03, 0.5, ("place",))
+    rec, executed = _rollout_with_executed_targets(world, 4, noise)
+    actions = np.array(rec.actions, dtype=float)
+    placing = np.array(["place" in i for i in rec.instructions])
+    assert placing.any() and (~placing).any()
+    diff = executed - actions
+    grip = [world.joint_names.index(j) for j in world.robot.gripper_joints]
+    arm = [i for i in range(len(world.joint_names)) if i not in grip]
+    assert np.allclose(diff[:, grip], 0.0, atol=1e-6)  # grippers are never perturbed
+    assert np.allclose(diff[~placing], 0.0, atol=1e-6)  # only the named skill's subtask
+    # the arm joints of the place are perturbed by about sigma (an OU process, time constant 0.5 s)
+    assert 0.01 < np.std(diff[placing][:, arm]) < 0.06
+    # the recording is the expert's response to the perturbed world: same seed, same recording
+    again, _ = _rollout_with_executed_targets(world, 4, noise)
+    assert np.array_equal(np.array(again.actions), np.array(rec.actions))
+    clean, _ = _rollout_with_executed_targets(world, 4, None)
+    n = int(np.argmax(placing))  # the pick is the clean expert's; the place differs
+    assert np.array_equal(np.array(clean.states[:n]), np.array(rec.states[:n]))
+    assert not np.allclose(np.array(clean.states[n:n + 60]), np.array(rec.states[n:n + 60]), atol=1e-3)
+
+
+def test_bad_noise_and_grasp_variation_are_refused_naming_the_value(tmp_path):
+    from hvla_ros.cli import main
+    from hvla_ros.sim.recorder import DartNoise
+    from hvla_ros.sim.world import SimWorld
+
+    with pytest.raises(ValueError, match=r"sigma must be within .* got -0\.1"):
+        DartNoise(-0.1)
+    with pytest.raises(ValueError, match=r"time constant must be > 0 s, got 0\.0"):
+        DartNoise(0.02, 0.0)
+    world = SimWorld("cube_in_box", render=False)
+    with pytest.raises(ValueError, match="'cube_in_box': its expert has no grasp variation"):
+        world.task.set_grasp_jitter(0.003)
+    root = tmp_path / "demos"
+    assert main(["record-demos", "--task", "cube_in_box", "--episodes", "1", "--root", str(root),
+                 "--grasp-jitter", "0.003"]) == 2
+    assert not root.exists()
+
+
+def test_grasp_jitter_moves_the_right_grasp_and_keeps_the_scene():
+    from hvla_ros.sim.world import SimWorld
+
+    world = SimWorld("bimanual_handover", render=False)
+    world.reset(3)
+    cube = world.body_pos("cube").copy()
+    assert np.array_equal(world.task._grasp_offset, np.zeros(3))
+    world.task.set_grasp_jitter(0.003)
+    world.reset(3)
+    offset = world.task._grasp_offset.copy()
+    assert np.array_equal(world.body_pos("cube"), cube)  # the seed's scene does not change
+    assert 0 < np.abs(offset).max() <= 0.003 and offset[1] == 0.0
+    world.reset(4)
+    assert not np.array_equal(world.task._grasp_offset, offset)  # drawn per episode
+    with pytest.raises(ValueError, match=r"within \[0, 0\.01\] m, got 0\.05"):
+        world.task.set_grasp_jitter(0.05)

@@ -9,6 +9,14 @@ control rate, and records per control step (before the action is applied):
 - ``task``: the instruction of the subtask being executed, so the dataset is segmented by subtask
   (``"pick up the red cube"``, ``"place the red cube in the box"``, ...).
 
+With ``--dart-noise SIGMA`` the arm executes the expert's targets plus a slowly varying
+perturbation (an Ornstein-Uhlenbeck process per arm joint, standard deviation SIGMA rad, time
+constant ``--dart-tau``; the grippers are not perturbed) while ``action`` keeps the expert's own
+target: the demonstrations then show the way back from states off the expert's path, which a
+learned policy reaches and a clean expert never does (DART, Laskey et al. 2017). The expert reads
+the perturbed world when it starts a motion (object poses, where the grasp point really is), so
+it corrects for what the perturbation did.
+
 Only successful episodes are kept (ground-truth success after the task's settle time); a failed
 episode is discarded and another seed is tried, up to ``--max-attempts``. With ``--bag`` each kept
 episode is also written as a rosbag2 MCAP (``<root>/bags/episode_NNNNNN``) with joint_states,
@@ -61,9 +69,44 @@ class EpisodeRecording:
         return len(self.actions)
 
 
-def rollout(world: SimWorld, seed: int, cameras: Sequence[str]) -> EpisodeRecording:
-    """Reset ``world`` to ``seed``, run the expert to the end and record every control step."""
+@dataclass(frozen=True)
+class DartNoise:
+    """Perturbation of the executed arm targets (see the module docstring).
+
+    ``sigma``: stationary standard deviation (rad) of each arm joint's offset; ``tau``: its time
+    constant (s); ``skills``: perturb only while the expert runs these subtasks' skills (empty:
+    all). Grippers are never perturbed (a jaw that opens by chance drops the object, which teaches
+    nothing about recovery)."""
+
+    sigma: float
+    tau: float = 0.5
+    skills: tuple[str, ...] = ()
+
+    def applies_to(self, skill: str) -> bool:
+        return not self.skills or skill in self.skills
+
+    def __post_init__(self) -> None:
+        if not (np.isfinite(self.sigma) and 0.0 <= self.sigma <= 0.5):
+            raise ValueError(f"DART noise sigma must be within [0, 0.5] rad, got {self.sigma}")
+        if not (np.isfinite(self.tau) and self.tau > 0.0):
+            raise ValueError(f"DART noise time constant must be > 0 s, got {self.tau}")
+
+    def process(self, world: SimWorld, seed: int) -> Any:
+        """A generator of per-step offsets (order ``robot.joint_names``), seeded by ``seed``."""
+        rng = np.random.default_rng([seed, 0xDA27])
+        mask = np.array([n not in world.robot.gripper_joints for n in world.robot.joint_names], float)
+        a = float(np.exp(-world.control_period / self.tau))
+        x = rng.normal(0.0, self.sigma, mask.shape)
+        while True:
+            yield x * mask
+            x = a * x + np.sqrt(1.0 - a * a) * rng.normal(0.0, self.sigma, mask.shape)
+
+
+def rollout(world: SimWorld, seed: int, cameras: Sequence[str], noise: DartNoise | None = None) -> EpisodeRecording:
+    """Reset ``world`` to ``seed``, run the expert to the end and record every control step
+    (``noise``: perturb what the arm executes, not what is recorded)."""
     world.reset(seed)
+    offsets = noise.process(world, seed) if noise is not None and noise.sigma > 0 else None
     expert = world.task.expert(world)
     rec = EpisodeRecording(task=world.task.name, seed=seed, fps=1.0 / world.control_period,
                            images={c: [] for c in cameras})
@@ -82,6 +125,10 @@ def rollout(world: SimWorld, seed: int, cameras: Sequence[str]) -> EpisodeRecord
         rec.instructions.append(expert.subtasks[index].instruction)
         for c in cameras:
             rec.images[c].append(frames[c])
+        if offsets is not None:
+            offset = next(offsets)  # one process per episode, running through unperturbed subtasks too
+            if noise is not None and noise.applies_to(expert.subtasks[index].skill):
+                action = action + offset
         world.set_joint_targets(action)
         world.step(world.control_steps)
     world.step(round(world.task.settle_time / world.timestep))
@@ -186,8 +233,12 @@ def record_demos(
     bag: bool = False,
     repo_id: str | None = None,
     max_attempts: int | None = None,
+    noise: DartNoise | None = None,
+    grasp_jitter: float = 0.0,
 ) -> RecordSummary:
-    """Record ``episodes`` successful expert episodes of ``task`` into a new dataset at ``root``."""
+    """Record ``episodes`` successful expert episodes of ``task`` into a new dataset at ``root``
+    (``noise``: DART perturbation of what the arm executes; ``grasp_jitter``: see
+    :meth:`Task.set_grasp_jitter`)."""
     from hvla_ros.lerobot_compat import create_dataset, standard_features
     from hvla_ros.sim.world import SimWorld
 
@@ -197,6 +248,7 @@ def record_demos(
         raise FileExistsError(f"dataset root {root} already exists; choose a new directory")
     world = SimWorld(task, seed=first_seed, image_size=image_size, cameras=cameras)
     try:
+        world.task.set_grasp_jitter(grasp_jitter)
         cams = tuple(world.camera_names)
         fps = round(1.0 / world.control_period)
         features = standard_features({c: world.image_size for c in cams}, world.robot.joint_names)
@@ -208,7 +260,7 @@ def record_demos(
         limit = max_attempts if max_attempts is not None else 2 * episodes + 5
         seed = first_seed
         while len(kept) < episodes and len(kept) + len(discarded) < limit:
-            rec = rollout(world, seed, cams)
+            rec = rollout(world, seed, cams, noise)
             if rec.success:
                 write_episode(ds, rec, len(world.robot.joint_names))
                 if bag:
@@ -237,6 +289,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repo-id", default=None, help="dataset repo id (default local/<task>)")
     parser.add_argument("--max-attempts", type=int, default=None,
                         help="give up after this many rollouts (default 2 x episodes + 5)")
+    parser.add_argument("--dart-noise", type=float, default=0.0, metavar="SIGMA",
+                        help="perturb the executed arm targets by this much (rad, standard deviation; "
+                             "actions stay the expert's): demonstrations of recovery. 0 = off")
+    parser.add_argument("--dart-tau", type=float, default=0.5, help="time constant of the perturbation (s)")
+    parser.add_argument("--dart-skills", nargs="*", default=[],
+                        help="perturb only the subtasks of these skills (default: all)")
+    parser.add_argument("--grasp-jitter", type=float, default=0.0, metavar="M",
+                        help="vary the expert's grasp point by up to M metres per episode (tasks whose expert "
+                             "supports it: bimanual_handover's right grasp)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -252,9 +313,11 @@ def run(args: argparse.Namespace) -> int:
         _log.error(f"--episodes must be >= 1, got {args.episodes}")
         return 2
     try:
+        noise = DartNoise(args.dart_noise, args.dart_tau, tuple(args.dart_skills)) if args.dart_noise else None
         summary = record_demos(args.task, args.episodes, args.root, first_seed=args.first_seed,
                                image_size=args.image_size, cameras=args.cameras, bag=args.bag,
-                               repo_id=args.repo_id, max_attempts=args.max_attempts)
+                               repo_id=args.repo_id, max_attempts=args.max_attempts, noise=noise,
+                               grasp_jitter=args.grasp_jitter)
     except (FileExistsError, ValueError) as exc:
         _log.error(str(exc))
         return 2

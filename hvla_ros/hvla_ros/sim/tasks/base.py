@@ -85,6 +85,13 @@ class Task:
     #: seconds to keep simulating after the expert finished before judging success
     settle_time: ClassVar[float] = 1.0
 
+    def set_grasp_jitter(self, metres: float) -> None:
+        """Vary the expert's grasp point by up to ``metres`` per episode (drawn from the episode's
+        seed), for demonstrations that start later subtasks from the range of grasps a learned
+        skill leaves. Only tasks whose expert implements it accept a value other than 0."""
+        if metres != 0.0:
+            raise ValueError(f"task {self.name!r}: its expert has no grasp variation (asked for {metres} m)")
+
     def build(self, spec: mujoco.MjSpec) -> None:
         """Add the task's bodies to the scene spec (before compilation)."""
 

@@ -43,6 +43,9 @@ PICK_HOLD_S = 0.6
 #: and the expert's handover takes about 8 s: without the hold, its demonstrations never show what
 #: to do once the handover is done, and the learned skill closed the left jaws on the cube again.
 HANDOVER_HOLD_S = 4.5
+#: Axes along which the right grasp point may be varied (``set_grasp_jitter``): along the jaw
+#: faces (x) and up/down (z); across the jaws (y) the jaws centre the cube anyway.
+GRASP_JITTER_AXES = np.array([1.0, 0.0, 1.0])
 
 
 def parallel(*programs: Iterator[None]) -> Iterator[None]:
@@ -69,6 +72,14 @@ class BimanualHandover(Task):
 
     def __init__(self) -> None:
         self.handed = False
+        self._jitter = 0.0
+        self._grasp_offset = np.zeros(3)
+
+    def set_grasp_jitter(self, metres: float) -> None:
+        """The right arm's grasp point moves up to ``metres`` along the cube's faces per episode."""
+        if not (np.isfinite(metres) and 0.0 <= metres <= 0.01):
+            raise ValueError(f"grasp jitter must be within [0, 0.01] m, got {metres}")
+        self._jitter = float(metres)
 
     def build(self, spec: mujoco.MjSpec) -> None:
         add_box(spec, "cube", (HALF, HALF, HALF), COLORS["red"], (0.2, 0.1, HALF), free=True, mass=0.03,
@@ -91,6 +102,8 @@ class BimanualHandover(Task):
         world.set_static_pose("box", [*box, 0.0], rng.uniform(-0.2, 0.2))
         self.handed = False
         self._steps = 0
+        # drawn last, so the object poses of a seed do not depend on the jitter
+        self._grasp_offset = rng.uniform(-1.0, 1.0, 3) * GRASP_JITTER_AXES * self._jitter
 
     def update(self, world: SimWorld) -> None:
         self._steps += 1
@@ -135,11 +148,11 @@ class BimanualHandover(Task):
             )
             yield from left.hold(0.2)
             cube = world.body_pos("cube")
-            grasp = cube + RIGHT_GRASP
+            grasp = cube + RIGHT_GRASP + self._grasp_offset
             yield from right.move(grasp - 0.07 * approach, 0.0, tilt=RIGHT_TILT)
             yield from right.move(grasp - 0.015 * approach, speed=SLOW_SPEED)
             cube = world.body_pos("cube")
-            yield from right.move(cube + RIGHT_GRASP, speed=SLOW_SPEED * 0.5)
+            yield from right.move(cube + RIGHT_GRASP + self._grasp_offset, speed=SLOW_SPEED * 0.5)
             yield from right.hold(0.15)
             yield from right.set_gripper(-0.1, 0.35)
             yield from right.hold(0.2)
