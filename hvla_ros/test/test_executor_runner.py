@@ -127,6 +127,18 @@ def test_stale_observation_gives_no_chunk(library):
     assert r.next_chunk([_obs(0.9), _obs(0.95)], now=1.0).index == 0  # fresh again: chunk 0
 
 
+def test_no_second_chunk_from_the_observation_of_the_last_one(library):
+    """An observation gap must not make the runner re-plan from the moment the last chunk was
+    planned from (the arm has moved on): no chunk, a stale status, until a newer one arrives."""
+    r = SkillRunner(library.get("pick"), "pick up the red cube", horizon_s=1.0, max_obs_age_s=0.5)
+    first = r.next_chunk([_obs(0.0), _obs(PERIOD)], now=PERIOD)
+    with pytest.raises(StaleObservationError, match=r"no observation newer than the one chunk 0 was predicted from"):
+        r.next_chunk([_obs(0.0), _obs(PERIOD)], now=first.end_time)
+    assert r.chunks_planned == 1 and r.steps_planned == 8
+    second = r.next_chunk([_obs(PERIOD), _obs(2 * PERIOD)], now=first.end_time)
+    assert second.index == 1 and second.start_time > first.start_time
+
+
 def test_bad_observations_are_rejected(library):
     r = SkillRunner(library.get("pick"), "pick up the red cube", horizon_s=1.0)
     no_cam = Observation(stamp=1.0, images={"wrist": np.zeros((8, 8, 3), np.uint8)}, joints=HOME_POSITION)

@@ -37,7 +37,8 @@ from hvla_ros.executor.library import Skill
 
 
 class StaleObservationError(RuntimeError):
-    """The newest observation is too old to act on; no chunk was produced."""
+    """The newest observation is too old to act on, or the last chunk was already predicted from
+    it; no chunk was produced."""
 
 
 class ObservationError(ValueError):
@@ -338,6 +339,13 @@ class SkillRunner:
                 f"skill {self.skill.name!r}: horizon of {self.horizon_steps} steps already planned"
             )
         newest = self.check_fresh(history[-1] if history else None, now)
+        if self.last_chunk is not None and newest.stamp <= self.last_chunk.start_time:
+            # A second chunk from the same observation would repeat the plan from a moment the
+            # arm has left (its first steps already executed): wait for a new one instead.
+            raise StaleObservationError(
+                f"no observation newer than the one chunk {self.last_chunk.index} was predicted from "
+                f"(stamp {newest.stamp:.3f} s); not predicting"
+            )
         fresh = min(self.skill.spec.n_action_steps, self.remaining_steps)
         extra = math.ceil(latency_s / self.step_period - 1e-9) if latency_s > 0 and math.isfinite(latency_s) else 0
         n = min(fresh + extra, self.max_chunk_steps)
