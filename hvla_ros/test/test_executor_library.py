@@ -152,6 +152,8 @@ def test_observation_mismatch_is_a_clear_error(policy_dir, entry, message):
          r"'state_clamp' must be >= 0.0, got -0.1"),
         ({"skills": {"x": {"policy": "p", "cameras": ["front"], "state_clamp": "yes"}}},
          r"'state_clamp' must be a float, got 'yes'"),
+        ({"skills": {"x": {"policy": "hold", "state_clamp": 0.25}}},
+         r"'state_clamp' has no effect on a hold skill .* got 0\.25"),
     ],
 )
 def test_bad_entries_rejected_without_loading(doc, message):

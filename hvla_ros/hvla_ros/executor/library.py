@@ -261,6 +261,9 @@ def parse_skill(name: str, entry: Any, robot: RobotSpec, where: str) -> SkillSpe
     period = num("step_period_s", 0.0, float, 0.0)
     description = str(entry.get("description", ""))
     if policy == HOLD:
+        if "state_clamp" in entry:
+            raise SkillConfigError(f"{ctx}: 'state_clamp' has no effect on a hold skill (it reads no policy "
+                                   f"state), got {entry['state_clamp']!r}; remove it")
         return SkillSpec(
             name=name,
             description=description,
