@@ -6,6 +6,9 @@ top-down and holds it up between the arms; the right arm takes it from the side 
 tilted ``RIGHT_TILT`` from vertical, jaws on the two faces the left jaws also hold, below them);
 the left lets go; the right drops it into the box. Success: the cube rests in the box and was
 held by the right arm alone at some point (a real handover, not a push).
+The handover subtask's post-condition asks for a clean handover: the right jaws hold the cube
+(held apart by it) and the left arm is clear of it (``HANDOVER_LEFT_CLEARANCE``), as the expert
+leaves it; a left arm left by the cube makes the place snag it.
 """
 
 from __future__ import annotations
@@ -43,6 +46,12 @@ PICK_HOLD_S = 0.6
 #: and the expert's handover takes about 8 s: without the hold, its demonstrations never show what
 #: to do once the handover is done, and the learned skill closed the left jaws on the cube again.
 HANDOVER_HOLD_S = 4.5
+#: A clean handover (its post-condition): both left jaw pads at least this far from the cube's
+#: centre (m; after the expert's retreat at least 7 cm; open jaws that stopped touching it 4-5 cm) ...
+HANDOVER_LEFT_CLEARANCE = 0.05
+#: ... and the right jaws held apart by the cube (rad; about 0.35 on the expert's grasp, -0.1 when
+#: they close past a corner of it, which drops the cube as soon as the arm moves).
+HANDOVER_MIN_RIGHT_JAW = 0.1
 #: Axes along which the right grasp point may be varied (``set_grasp_jitter``): along the jaw
 #: faces (x) and up/down (z); across the jaws (y) the jaws centre the cube anyway.
 GRASP_JITTER_AXES = np.array([1.0, 0.0, 1.0])
@@ -89,7 +98,14 @@ class BimanualHandover(Task):
     def bind(self, world: SimWorld) -> None:
         self._cube = geoms_of_body(world.model, "cube")
         self._left = arm_geoms(world, "left_")
+        self._left_pads = [world.model.geom(f"left_{g}").id for g in ("fixed_jaw_pad", "moving_jaw_pad")]
+        self._right_jaw = world.joint_names.index("right_gripper")
         self._steps = 0
+
+    def left_clearance(self, world: SimWorld) -> float:
+        """Distance (m) from the cube's centre to the nearer left jaw pad."""
+        cube = world.body_pos("cube")
+        return float(min(np.linalg.norm(world.data.geom_xpos[g] - cube) for g in self._left_pads))
 
     def segmentation_objects(self) -> dict[str, list[str]]:
         return {"cube": ["cube"], "box": box_geoms()}
@@ -127,7 +143,9 @@ class BimanualHandover(Task):
         if index == 0:
             return is_grasped(world, "cube", "left_") and world.body_pos("cube")[2] > HALF + 0.03
         if index == 1:
-            return is_grasped(world, "cube", "right_") and released(world, "cube", ["left_"])
+            return (is_grasped(world, "cube", "right_") and released(world, "cube", ["left_"])
+                    and self.left_clearance(world) >= HANDOVER_LEFT_CLEARANCE
+                    and float(world.joint_positions()[self._right_jaw]) >= HANDOVER_MIN_RIGHT_JAW)
         return self.success(world)
 
     def expert(self, world: SimWorld) -> Expert:
