@@ -150,6 +150,9 @@ def test_bad_noise_and_grasp_variation_are_refused_naming_the_value(tmp_path):
     assert main(["record-demos", "--task", "cube_in_box", "--episodes", "1", "--root", str(root),
                  "--grasp-jitter", "0.003"]) == 2
     assert not root.exists()
+    assert main(["record-demos", "--task", "cube_in_box", "--episodes", "1", "--root", str(root),
+                 "--dart-noise", "0.03", "--dart-skills", "handover"]) == 2  # no such subtask: nothing perturbed
+    assert not root.exists()
 
 
 def test_grasp_jitter_moves_the_right_grasp_and_keeps_the_scene():

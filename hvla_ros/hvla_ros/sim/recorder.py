@@ -249,6 +249,12 @@ def record_demos(
     world = SimWorld(task, seed=first_seed, image_size=image_size, cameras=cameras)
     try:
         world.task.set_grasp_jitter(grasp_jitter)
+        if noise is not None:
+            known = {sub.skill for sub in world.task.subtasks()}
+            unknown = sorted(set(noise.skills) - known)
+            if unknown:
+                raise ValueError(f"--dart-skills {unknown}: task {task!r} has no such subtask skill "
+                                 f"(has {sorted(known)})")
         cams = tuple(world.camera_names)
         fps = round(1.0 / world.control_period)
         features = standard_features({c: world.image_size for c in cams}, world.robot.joint_names)
