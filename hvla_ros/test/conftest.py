@@ -64,3 +64,11 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.get_closest_marker("ros") is not None and item.get_closest_marker("flaky") is None:
             item.add_marker(pytest.mark.flaky(reruns=1, reruns_delay=2))
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Print the first try of every rerun test: a flaky test that passed on its rerun otherwise
+    leaves only its name in the log, and its cause cannot be traced afterwards."""
+    for report in terminalreporter.stats.get("rerun", []):
+        terminalreporter.write_sep("-", f"first try of {report.nodeid} (rerun)")
+        terminalreporter.write_line(report.longreprtext[-4000:])
