@@ -121,34 +121,43 @@ def test_handover_post_condition_needs_the_left_arm_clear():
     left arm is away from it. A learned handover that opened the left jaws but left the arm by the
     cube (the place then snagged the cube on it) does not count, though the right arm holds the
     cube and the left one no longer touches it."""
+    import mujoco
+
     from hvla_ros.robot import GRIPPER_OPEN
     from hvla_ros.sim.tasks.bimanual_handover import HANDOVER_LEFT_CLEARANCE
     from hvla_ros.sim.tasks.common import is_grasped, released
 
-    def handed_over(back: float) -> SimWorld:
-        """The expert's handover, then the left arm sent ``back`` of the way to where it let go."""
-        w = SimWorld("bimanual_handover", seed=3, render=False)
-        expert = w.task.expert(w)
-        left = [w.joint_names.index(j) for j in w.joint_names if j.startswith("left_")]
-        at_release = None  # the left arm's targets once its jaws are open, before it retreats
-        while expert.current < 2:
-            q = np.asarray(expert.act(w), dtype=float)
-            if expert.current == 1 and at_release is None and q[left[-1]] >= GRIPPER_OPEN - 1e-6:
-                at_release = q[left].copy()
-            w.set_joint_targets(q)
-            w.step(w.control_steps)
-        assert at_release is not None
+    # the expert's handover, once; the left arm's targets once its jaws are open, before it retreats
+    w = SimWorld("bimanual_handover", seed=3, render=False)
+    expert = w.task.expert(w)
+    left = [w.joint_names.index(j) for j in w.joint_names if j.startswith("left_")]
+    at_release = None
+    while expert.current < 2:
+        q = np.asarray(expert.act(w), dtype=float)
+        if expert.current == 1 and at_release is None and q[left[-1]] >= GRIPPER_OPEN - 1e-6:
+            at_release = q[left].copy()
+        w.set_joint_targets(q)
+        w.step(w.control_steps)
+    assert at_release is not None
+    what = mujoco.mjtState.mjSTATE_INTEGRATION
+    handed = np.empty(mujoco.mj_stateSize(w.model, what))
+    mujoco.mj_getState(w.model, w.data, handed, what)
+
+    def handed_over(back: float) -> None:
+        """Back to the state after the expert's handover, then the left arm sent ``back`` of the
+        way to where it let go."""
+        mujoco.mj_setState(w.model, w.data, handed, what)
+        mujoco.mj_forward(w.model, w.data)
         q = w.joint_targets()
         q[left] = back * at_release + (1 - back) * q[left]
         w.set_joint_targets(q)
         w.step(round(1.0 / w.timestep))
-        return w
 
-    w = handed_over(0.0)
+    handed_over(0.0)
     assert w.subtask_success(1) and w.task.left_clearance(w) > HANDOVER_LEFT_CLEARANCE
     # the nearest the left arm comes back without touching the cube
     for back in np.arange(1.0, 0.0, -0.05):
-        w = handed_over(float(back))
+        handed_over(float(back))
         if released(w, "cube", ["left_"]):
             break
     assert is_grasped(w, "cube", "right_") and released(w, "cube", ["left_"])  # the old post-condition
