@@ -33,6 +33,7 @@ import numpy as np
 from rclpy.action import ActionServer, CancelResponse, GoalResponse
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.task import Future
 from sensor_msgs.msg import Image, JointState
 
 from hvla_interfaces.action import ExecuteSubtask  # type: ignore[attr-defined]
@@ -133,7 +134,7 @@ class ExecutorNode(LifecycleNode):
         self._list_srv = self.create_service(ListSkills, topics.LIST_SKILLS_SERVICE, self._on_list_skills,
                                              callback_group=MutuallyExclusiveCallbackGroup())
         self._action = ActionServer(
-            self, ExecuteSubtask, topics.EXECUTE_SUBTASK_ACTION, execute_callback=self._execute,
+            self, ExecuteSubtask, topics.EXECUTE_SUBTASK_ACTION, execute_callback=self._execute_in_thread,
             goal_callback=self._on_goal, cancel_callback=lambda _h: CancelResponse.ACCEPT,
             handle_accepted_callback=self._on_accepted, callback_group=self._cb)
 
@@ -291,6 +292,28 @@ class ExecutorNode(LifecycleNode):
                 return Result.TERMINATION_PREEMPTED
         return None
 
+    async def _execute_in_thread(self, handle: Any) -> ExecuteSubtask.Result:
+        """Run :meth:`_execute` (it blocks for the whole subtask) in a thread of its own.
+
+        The node spins a single-threaded executor: observations, cancels and new goals keep
+        being handled while a subtask runs, and the executor sleeps between messages (rclpy's
+        multi-threaded executor polled at ~100% of a core with ``joint_states`` at 120 Hz).
+        """
+        done: Future = Future()
+
+        def work() -> None:
+            try:
+                done.set_result(self._execute(handle))
+            except BaseException as exc:  # handed to the action server's task, which logs it
+                done.set_exception(exc)
+            finally:
+                executor = self.executor
+                if executor is not None:
+                    executor.wake()  # resume the awaiting task now, not at the next message
+
+        threading.Thread(target=work, name=f"subtask-{handle.request.subtask.skill}", daemon=True).start()
+        return await done
+
     def _execute(self, handle: Any) -> ExecuteSubtask.Result:
         t0 = time.monotonic()
         sub = handle.request.subtask
@@ -397,7 +420,7 @@ class ExecutorNode(LifecycleNode):
 
 
 def main(args: Sequence[str] | None = None) -> int:
-    return run_lifecycle_node(ExecutorNode, args)
+    return run_lifecycle_node(ExecutorNode, args, executor_kind="single_threaded")
 
 
 if __name__ == "__main__":

@@ -388,7 +388,9 @@ def _no_context(start: float) -> None:
 
 
 def main(args: Sequence[str] | None = None) -> int:
-    return run_lifecycle_node(RefinerNode, args)
+    # single-threaded: its callbacks share one group anyway, and rclpy's multi-threaded executor
+    # polled at ~100% of a core with joint_states and /clock at 120 Hz (late watchdog ticks)
+    return run_lifecycle_node(RefinerNode, args, executor_kind="single_threaded")
 
 
 if __name__ == "__main__":
