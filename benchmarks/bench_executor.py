@@ -89,7 +89,7 @@ def bench_node(skills_file: Path, skill: str, n: int, threads: int = 2,
     import rclpy
     from builtin_interfaces.msg import Duration
     from rclpy.action import ActionClient
-    from rclpy.executors import MultiThreadedExecutor
+    from rclpy.executors import SingleThreadedExecutor
     from rclpy.node import Node
     from sensor_msgs.msg import JointState
 
@@ -135,7 +135,7 @@ def bench_node(skills_file: Path, skill: str, n: int, threads: int = 2,
 
     node.create_timer(PERIOD, publish)
     client = ActionClient(node, ExecuteSubtask, topics.EXECUTE_SUBTASK_ACTION)
-    ex = MultiThreadedExecutor(num_threads=2)
+    ex = SingleThreadedExecutor()
     ex.add_node(node)
     th = threading.Thread(target=ex.spin, daemon=True)
     th.start()

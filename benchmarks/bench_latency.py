@@ -41,7 +41,7 @@ def graph_latency(task: str, skill: str, instruction: str, seconds: float,
     import rclpy
     from builtin_interfaces.msg import Duration
     from rclpy.action import ActionClient
-    from rclpy.executors import MultiThreadedExecutor
+    from rclpy.executors import SingleThreadedExecutor
     from trajectory_msgs.msg import JointTrajectory
 
     from hvla_interfaces.action import ExecuteSubtask
@@ -96,7 +96,7 @@ def graph_latency(task: str, skill: str, instruction: str, seconds: float,
                                                    (now(), sec(m.header.stamp))), COMMAND_QOS)
         client = ActionClient(node, ExecuteSubtask, topics.EXECUTE_SUBTASK_ACTION)
         subtask_pub = node.create_publisher(Subtask, topics.CURRENT_SUBTASK, LATCHED_QOS)
-        executor = MultiThreadedExecutor(num_threads=3)
+        executor = SingleThreadedExecutor()
         executor.add_node(node)
         spin = threading.Thread(target=executor.spin, daemon=True)
         spin.start()

@@ -96,7 +96,7 @@ def _record(node: Any, args: argparse.Namespace) -> int:
 
 
 def _replay(node: Any, args: argparse.Namespace) -> int:
-    from rclpy.executors import MultiThreadedExecutor
+    from rclpy.executors import SingleThreadedExecutor
 
     messages = read_bag(args.bag, args.topics)
     if not messages:
@@ -105,7 +105,7 @@ def _replay(node: Any, args: argparse.Namespace) -> int:
     print(f"[hvla] replaying {len(messages)} messages from {args.bag} "
           f"({(messages[-1].timestamp_ns - messages[0].timestamp_ns) / 1e9:.1f} s recorded) at rate {args.rate}",
           flush=True)
-    executor = MultiThreadedExecutor(num_threads=3)
+    executor = SingleThreadedExecutor()
     executor.add_node(node)
     spin = threading.Thread(target=executor.spin, daemon=True)
     spin.start()

@@ -70,7 +70,7 @@ class ManagedGraph:
 
     def run(self, *, goal: str, timeout: float, startup_timeout: float, stay_up: bool) -> int:
         import rclpy
-        from rclpy.executors import MultiThreadedExecutor
+        from rclpy.executors import SingleThreadedExecutor
 
         from hvla_ros.operator import KeyFrameRecorder, OperatorClient
         from hvla_ros.runner import GraphRunner, LifecycleError, LifecycleManager, NodeDiedError, tail
@@ -90,7 +90,7 @@ class ManagedGraph:
         rclpy.init(args=[], signal_handler_options=SignalHandlerOptions.NO)
         node = OperatorClient(namespace=self.graph.namespace or None)
         manager = LifecycleManager(node, self.graph.lifecycle_nodes, self.graph.namespace)
-        executor: MultiThreadedExecutor | None = None
+        executor: SingleThreadedExecutor | None = None
         spin_thread: threading.Thread | None = None
         recorder = None
         discovery_timer = None
@@ -108,7 +108,7 @@ class ManagedGraph:
                 recorder = BagRecorder(node, self.run_dir / "bag")
                 recorder.discover()  # every node is up: most topics exist already
                 discovery_timer = node.create_timer(1.0, recorder.discover)
-            executor = MultiThreadedExecutor(num_threads=4)
+            executor = SingleThreadedExecutor()  # no callback here blocks (see node_main.make_executor)
             executor.add_node(node)
             spin_thread = threading.Thread(target=executor.spin, daemon=True)
             spin_thread.start()

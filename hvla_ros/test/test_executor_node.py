@@ -92,7 +92,7 @@ class _Peer:
 
     def __init__(self, ctx):
         from rclpy.action import ActionClient
-        from rclpy.executors import MultiThreadedExecutor
+        from rclpy.executors import SingleThreadedExecutor
         from rclpy.node import Node
         from sensor_msgs.msg import Image, JointState
 
@@ -115,7 +115,7 @@ class _Peer:
         self.node.create_timer(PERIOD, self._publish)
         self.action = ActionClient(self.node, ExecuteSubtask, topics.EXECUTE_SUBTASK_ACTION)
         self.list_skills = self.node.create_client(ListSkills, topics.LIST_SKILLS_SERVICE)
-        self.ex = MultiThreadedExecutor(num_threads=2, context=ctx)
+        self.ex = SingleThreadedExecutor(context=ctx)
         self.ex.add_node(self.node)
         self.thread = threading.Thread(target=self.ex.spin, daemon=True)
         self.thread.start()
