@@ -72,3 +72,6 @@ def pytest_terminal_summary(terminalreporter):
     for report in terminalreporter.stats.get("rerun", []):
         terminalreporter.write_sep("-", f"first try of {report.nodeid} (rerun)")
         terminalreporter.write_line(report.longreprtext[-4000:])
+        for name, text in report.sections:  # what the test printed (the nodes' logs, timings)
+            if name.startswith("Captured stdout") and text.strip():
+                terminalreporter.write_line(f"{name}:\n{text[-3000:]}")
