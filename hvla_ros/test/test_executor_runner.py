@@ -211,3 +211,61 @@ def test_joint_history_reads_the_arm_at_a_frame_stamp():
     for k in range(20):  # bounded
         h.add(2.0 + k, {"a": 0.0})
     assert len(h) == 8
+
+
+def test_observation_pairs_the_frames_of_one_instant():
+    """Frames of two cameras stamped alike arrive one after the other: the observation waits for
+    the second, so it never shows the front camera's new frame with the wrist camera's previous
+    one; cameras stamped independently give one observation per frame of the slower."""
+    from hvla_ros.executor.runner import ObservationAssembler, ObservationBuffer
+
+    buf = ObservationBuffer()
+    asm = ObservationAssembler(["front", "wrist"], buf)
+    frame = {t: np.full((2, 2, 3), t, dtype=np.uint8) for t in range(10)}
+    for k in range(5):
+        asm.add_joints(k / 30, {"shoulder_pan": float(k)})
+    assert asm.add_image("front", 0 / 30, frame[0]) is None  # no wrist frame yet
+    for t in (0, 1, 2):
+        if t:
+            assert asm.add_image("front", t / 30, frame[t]) is None  # the wrist frame of t not in yet
+        obs = asm.add_image("wrist", t / 30, frame[t])
+        assert obs is not None and obs.stamp == pytest.approx(t / 30)
+        assert obs.images["front"][0, 0, 0] == obs.images["wrist"][0, 0, 0] == t
+        assert obs.joints["shoulder_pan"] == pytest.approx(t)
+    assert [o.stamp for o in buf.history(3, 1 / 30)] == pytest.approx([0, 1 / 30, 2 / 30])  # one per instant
+    assert asm.add_image("wrist", 2 / 30, frame[2]) is None  # the same instant again: nothing new
+    # independent stamps: the front camera ahead; an observation each time the wrist moves on
+    asm.add_image("front", 4 / 30, frame[4])
+    obs = asm.add_image("wrist", 3.5 / 30, frame[3])
+    assert obs is not None and obs.stamp == pytest.approx(3.5 / 30)
+    asm.clear()
+    assert asm.add_image("front", 5 / 30, frame[5]) is None  # after clear, both cameras again
+
+
+def test_observation_without_cameras_follows_joint_states():
+    from hvla_ros.executor.runner import ObservationAssembler, ObservationBuffer
+
+    buf = ObservationBuffer()
+    asm = ObservationAssembler([], buf)
+    for k in range(3):
+        obs = asm.add_joints(k / 120, {"shoulder_pan": float(k)})
+        assert obs is not None and obs.stamp == pytest.approx(k / 120) and obs.images == {}
+    assert buf.latest().joints["shoulder_pan"] == 2.0
+
+
+def test_observation_waits_for_the_joint_state_of_its_frames():
+    """Frames that arrive before the joint states of their instant (those callbacks queued behind
+    a busy thread) are paired with the arm's position at the frames' stamp once it is in, not
+    with the older position held over."""
+    from hvla_ros.executor.runner import ObservationAssembler, ObservationBuffer
+
+    buf = ObservationBuffer()
+    asm = ObservationAssembler(["front"], buf)
+    img = np.zeros((2, 2, 3), dtype=np.uint8)
+    asm.add_joints(0.0, {"shoulder_pan": 0.0})
+    assert asm.add_image("front", 0.1, img) is None  # joint states only up to 0.0
+    assert asm.add_joints(0.05, {"shoulder_pan": 0.5}) is None
+    obs = asm.add_joints(0.15, {"shoulder_pan": 1.5})
+    assert obs is not None and obs.stamp == pytest.approx(0.1)
+    assert obs.joints["shoulder_pan"] == pytest.approx(1.0)  # interpolated at the frame, not 0.0
+    assert asm.add_joints(0.2, {"shoulder_pan": 2.0}) is None  # that frame is done

@@ -168,6 +168,64 @@ class ObservationBuffer:
         return out
 
 
+
+class ObservationAssembler:
+    """Observations from the newest frame of every camera and the joint state at their stamp.
+
+    One is added to ``buffer`` each time the oldest of the cameras' newest frames moves forward.
+    With cameras that share frame stamps (the simulator's, a hardware-triggered rig) that is when
+    the last camera's frame of an instant arrives, so an observation never pairs one camera's
+    new frame with another's previous one (assembling on the first camera's frame did that
+    whenever the second camera's frame of the same instant came in after it). Cameras stamped
+    independently give one observation per frame of the one that is furthest behind. An
+    observation also waits for a joint state stamped at or after its frames, so the arm's
+    position is interpolated at the frames' instant, never an older one held over. Without
+    cameras, one per joint state. Not thread-safe: call from one thread (the node's executor).
+    """
+
+    def __init__(self, cameras: Sequence[str], buffer: ObservationBuffer, joints: JointHistory | None = None):
+        self.cameras = list(cameras)
+        self.buffer = buffer
+        self.joints = joints if joints is not None else JointHistory()
+        self._images: dict[str, tuple[float, np.ndarray]] = {}
+        self._assembled: float | None = None  # the frame stamp of the last observation added
+
+    def clear(self) -> None:
+        self._images.clear()
+        self.joints.clear()
+        self._assembled = None
+
+    def add_image(self, camera: str, stamp: float, rgb: np.ndarray) -> Observation | None:
+        """Keep ``camera``'s newest frame; return the observation added, if this completed one."""
+        self._images[camera] = (stamp, rgb)
+        return self._assemble()
+
+    def add_joints(self, stamp: float, positions: Mapping[str, float]) -> Observation | None:
+        """Add a joint state; return the observation added, if it completed one."""
+        self.joints.add(stamp, positions)
+        return self._assemble()
+
+    def _assemble(self) -> Observation | None:
+        if any(c not in self._images for c in self.cameras):
+            return None
+        frame = min((self._images[c][0] for c in self.cameras), default=math.inf)  # no camera: newest state
+        if self.cameras and self._assembled is not None and frame <= self._assembled:
+            return None  # still waiting for a camera's frame of a newer instant
+        newest = self.joints.latest()
+        if newest is None or (self.cameras and newest[0] < frame - 1e-4):
+            # The joint state of the frame's instant is not in yet (callbacks queued behind a
+            # busy thread): wait for it rather than tell the policy the arm was where it was
+            # before the picture.
+            return None
+        js = self.joints.at(frame)
+        assert js is not None
+        obs = Observation(stamp=min(frame, js[0]), images={c: self._images[c][1] for c in self.cameras},
+                          joints=js[1])
+        self._assembled = frame
+        self.buffer.add(obs)
+        return obs
+
+
 def policy_inputs(
     skill: Skill, obs: Observation, instruction_vec: np.ndarray | None, instruction: str = ""
 ) -> dict[str, object]:

@@ -42,8 +42,7 @@ from hvla_interfaces.srv import ListSkills  # type: ignore[attr-defined]
 from hvla_ros import topics
 from hvla_ros.executor.library import SkillConfigError, SkillLibrary, UnknownSkillError
 from hvla_ros.executor.runner import (
-    JointHistory,
-    Observation,
+    ObservationAssembler,
     ObservationBuffer,
     ObservationError,
     PlannedChunk,
@@ -122,8 +121,7 @@ class ExecutorNode(LifecycleNode):
         self._handles: list[Any] = []
         self._chunk_pub: Any = None
         self._buffer = ObservationBuffer(maxlen=16)
-        self._images: dict[str, tuple[float, np.ndarray]] = {}
-        self._joints = JointHistory()
+        self._observations = ObservationAssembler([], self._buffer)
         self._cameras: list[str] = []
         self._goal_lock = threading.Lock()
         self._current_goal: Any = None  # the goal handle allowed to run; others stop (preempted)
@@ -151,6 +149,7 @@ class ExecutorNode(LifecycleNode):
             return TransitionCallbackReturn.FAILURE
         lib = self._library
         self._cameras = sorted({c for s in lib.skills.values() for c in s.spec.cameras})
+        self._observations = ObservationAssembler(self._cameras, self._buffer)
         self._chunk_pub = self.create_publisher(ActionChunk, topics.ANCHOR_CHUNKS, COMMAND_QOS)
         for cam in self._cameras:
             self._handles.append(self.create_subscription(
@@ -180,8 +179,7 @@ class ExecutorNode(LifecycleNode):
             self.destroy_publisher(self._chunk_pub)
             self._chunk_pub = None
         self._library = None
-        self._images.clear()
-        self._joints.clear()
+        self._observations.clear()
         self._buffer.clear()
         return TransitionCallbackReturn.SUCCESS
 
@@ -206,9 +204,7 @@ class ExecutorNode(LifecycleNode):
             self.get_logger().error(f"dropping filtered image from {cam!r}: {exc}",
                                     throttle_duration_sec=5.0)
             return
-        self._images[cam] = (self._stamp_of(msg.header), rgb)
-        if cam == self._cameras[0]:
-            self._assemble()
+        self._observations.add_image(cam, self._stamp_of(msg.header), rgb)
 
     def _on_joints(self, msg: JointState) -> None:
         if len(msg.position) != len(msg.name):
@@ -219,20 +215,7 @@ class ExecutorNode(LifecycleNode):
         if not all(math.isfinite(v) for v in pos.values()):
             self.get_logger().error("dropping joint_states with non-finite positions", throttle_duration_sec=5.0)
             return
-        self._joints.add(self._stamp_of(msg.header), pos)
-        if not self._cameras:
-            self._assemble()
-
-    def _assemble(self) -> None:
-        """One observation from the newest image of every camera and the joint state at its stamp."""
-        if any(c not in self._images for c in self._cameras):
-            return
-        frame = min((self._images[c][0] for c in self._cameras), default=math.inf)  # no camera: the newest state
-        js = self._joints.at(frame)
-        if js is None:  # no joint state yet
-            return
-        self._buffer.add(Observation(stamp=min(frame, js[0]), images={c: self._images[c][1] for c in self._cameras},
-                                     joints=js[1]))
+        self._observations.add_joints(self._stamp_of(msg.header), pos)
 
     def _on_list_skills(self, req: ListSkills.Request, res: ListSkills.Response) -> ListSkills.Response:
         lib = self._library
