@@ -168,7 +168,6 @@ class ObservationBuffer:
         return out
 
 
-
 class ObservationAssembler:
     """Observations from the newest frame of every camera and the joint state at their stamp.
 

@@ -31,7 +31,6 @@ from typing import Any
 
 import numpy as np
 from rclpy.action import ActionServer, CancelResponse, GoalResponse
-from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.task import Future
 from sensor_msgs.msg import Image, JointState
@@ -128,13 +127,13 @@ class ExecutorNode(LifecycleNode):
         self._policy_lock = threading.Lock()  # one inference at a time
         self._latency = float(self.p["expected_latency_s"])
         self._chunk_age: float | None = None  # observation stamp -> chunk published (s), smoothed
-        self._cb = ReentrantCallbackGroup()
-        self._list_srv = self.create_service(ListSkills, topics.LIST_SKILLS_SERVICE, self._on_list_skills,
-                                             callback_group=MutuallyExclusiveCallbackGroup())
+        # One thread runs every callback (main() spins single-threaded; ObservationAssembler relies
+        # on it); only a subtask's loop has a thread of its own (_execute_in_thread).
+        self._list_srv = self.create_service(ListSkills, topics.LIST_SKILLS_SERVICE, self._on_list_skills)
         self._action = ActionServer(
             self, ExecuteSubtask, topics.EXECUTE_SUBTASK_ACTION, execute_callback=self._execute_in_thread,
             goal_callback=self._on_goal, cancel_callback=lambda _h: CancelResponse.ACCEPT,
-            handle_accepted_callback=self._on_accepted, callback_group=self._cb)
+            handle_accepted_callback=self._on_accepted)
 
     # ------------------------------------------------------------------ lifecycle
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -153,10 +152,8 @@ class ExecutorNode(LifecycleNode):
         self._chunk_pub = self.create_publisher(ActionChunk, topics.ANCHOR_CHUNKS, COMMAND_QOS)
         for cam in self._cameras:
             self._handles.append(self.create_subscription(
-                Image, topics.filtered_image(cam), functools.partial(self._on_image, cam), IMAGE_QOS,
-                callback_group=MutuallyExclusiveCallbackGroup()))
-        self._handles.append(self.create_subscription(JointState, topics.JOINT_STATES, self._on_joints, STATE_QOS,
-                                                      callback_group=MutuallyExclusiveCallbackGroup()))
+                Image, topics.filtered_image(cam), functools.partial(self._on_image, cam), IMAGE_QOS))
+        self._handles.append(self.create_subscription(JointState, topics.JOINT_STATES, self._on_joints, STATE_QOS))
         self.get_logger().info(f"configured: skills {lib.names()} from {lib.source}, cameras {self._cameras}")
         return TransitionCallbackReturn.SUCCESS
 
