@@ -33,16 +33,9 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 
 from _common import print_table, write_result
 
+from hvla_ros.cli_args import seed_list
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def parse_seeds(text: str) -> list[int]:
-    """``0-9`` or ``0,3,5`` -> seeds."""
-    out: list[int] = []
-    for part in text.split(","):
-        lo, _, hi = part.partition("-")
-        out.extend(range(int(lo), int(hi or lo) + 1))
-    return out
 
 
 def subtask_attempts(run_dir: Path) -> list[dict[str, object]]:
@@ -83,7 +76,7 @@ def run_seed(task: str, seed: int, launch_args: list[str], timeout: float, keep:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--task", default="cube_in_box")
-    parser.add_argument("--seeds", default="0-4", help="e.g. 0-9 or 0,3,5")
+    parser.add_argument("--seeds", type=seed_list, default=seed_list("0-4"), help="e.g. 0-9 or 0,3,5")
     parser.add_argument("--timeout", type=float, default=300.0, help="per-goal timeout (s)")
     parser.add_argument("--launch-args", nargs="*", default=[], help="extra name:=value launch arguments")
     parser.add_argument("--keep", type=Path, default=None, help="keep each run's directory under this folder")
@@ -91,7 +84,7 @@ def main() -> None:
                         help="one attempt per subtask, no replanning: the skills' success as the node runs them")
     parser.add_argument("--name", default="graph", help="results file benchmarks/results/<name>.json")
     args = parser.parse_args()
-    seeds = parse_seeds(args.seeds)
+    seeds = args.seeds
     params_dir = tempfile.TemporaryDirectory(prefix="hvla_bench_graph_params_")
     run_args = list(args.launch_args)
     if args.first_attempt:

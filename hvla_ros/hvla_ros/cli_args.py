@@ -30,3 +30,19 @@ def image_size(minimum: int, example: str) -> Callable[[str], tuple[int, int]]:
         return h, w
 
     return parse
+
+
+def seed_list(text: str) -> list[int]:
+    """An argparse ``type`` for seeds: ``0-9``, ``1,5,9`` or a mix (``0-4,10``), in that order."""
+    out: list[int] = []
+    for part in text.split(","):
+        lo, dash, hi = part.strip().partition("-")
+        try:
+            a = int(lo)
+            b = int(hi) if dash else a
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"seeds must look like 0-9 or 1,5,9; got {text!r}") from None
+        if a < 0 or b < a:
+            raise argparse.ArgumentTypeError(f"seed range {part!r} in {text!r} must be non-negative and ascending")
+        out.extend(range(a, b + 1))
+    return out

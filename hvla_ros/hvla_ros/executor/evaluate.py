@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from hvla_ros.cli_args import seed_list
+
 log = logging.getLogger(__name__)
 
 
@@ -125,20 +127,9 @@ def run_flat_episode(world: Any, skill: Any, seed: int, *, horizon_s: float, cam
     return {"seed": seed, "subtasks": [], "success": bool(world.success())}
 
 
-def _seeds(text: str) -> list[int]:
-    out: list[int] = []
-    for part in text.split(","):
-        if "-" in part:
-            a, b = part.split("-", 1)
-            out.extend(range(int(a), int(b) + 1))
-        else:
-            out.append(int(part))
-    return out
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--task", default="cube_in_box", help="task id of the simulated suite")
-    parser.add_argument("--seeds", type=_seeds, default=_seeds("0-19"), help="e.g. 0-49 or 1,5,9")
+    parser.add_argument("--seeds", type=seed_list, default=seed_list("0-19"), help="e.g. 0-49 or 1,5,9")
     parser.add_argument("--skills-file", default=None,
                         help="skill library (default: the task's shipped one, library.TASK_SKILL_LIBRARIES; with "
                              "--flat the robot's flat baselines, library.FLAT_SKILL_LIBRARIES)")

@@ -121,7 +121,6 @@ class ExecutorNode(LifecycleNode):
         self._chunk_pub: Any = None
         self._buffer = ObservationBuffer(maxlen=16)
         self._observations = ObservationAssembler([], self._buffer)
-        self._cameras: list[str] = []
         self._goal_lock = threading.Lock()
         self._current_goal: Any = None  # the goal handle allowed to run; others stop (preempted)
         self._policy_lock = threading.Lock()  # one inference at a time
@@ -147,14 +146,15 @@ class ExecutorNode(LifecycleNode):
             self.get_logger().error(f"cannot configure executor: {exc}")
             return TransitionCallbackReturn.FAILURE
         lib = self._library
-        self._cameras = sorted({c for s in lib.skills.values() for c in s.spec.cameras})
-        self._observations = ObservationAssembler(self._cameras, self._buffer)
+        self._observations = ObservationAssembler(
+            sorted({c for s in lib.skills.values() for c in s.spec.cameras}), self._buffer)
         self._chunk_pub = self.create_publisher(ActionChunk, topics.ANCHOR_CHUNKS, COMMAND_QOS)
-        for cam in self._cameras:
+        for cam in self._observations.cameras:
             self._handles.append(self.create_subscription(
                 Image, topics.filtered_image(cam), functools.partial(self._on_image, cam), IMAGE_QOS))
         self._handles.append(self.create_subscription(JointState, topics.JOINT_STATES, self._on_joints, STATE_QOS))
-        self.get_logger().info(f"configured: skills {lib.names()} from {lib.source}, cameras {self._cameras}")
+        self.get_logger().info(f"configured: skills {lib.names()} from {lib.source}, "
+                               f"cameras {self._observations.cameras}")
         return TransitionCallbackReturn.SUCCESS
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:

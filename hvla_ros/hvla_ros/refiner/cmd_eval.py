@@ -31,6 +31,8 @@ from typing import Any
 
 import numpy as np
 
+from hvla_ros.cli_args import seed_list
+
 log = logging.getLogger(__name__)
 
 #: Paper figures (success-rate points): full method gain over the anchor, and each ablation's
@@ -126,20 +128,12 @@ def run_episode(world: Any, lib: Any, seed: int, refiner: Any, *, horizon_s: flo
             "refined_chunks": refiner.refined - refined0 if refiner is not None else 0}
 
 
-def _seeds(text: str) -> list[int]:
-    out: list[int] = []
-    for part in text.split(","):
-        a, _, b = part.partition("-")
-        out.extend(range(int(a), int(b) + 1) if b else [int(a)])
-    return out
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from hvla_ros.refiner.model import ABLATIONS
 
     p.add_argument("--task", action="append", default=None,
                    help=f"task id (repeatable; default: the precision tasks {list(PRECISION_TASKS)})")
-    p.add_argument("--seeds", type=_seeds, default=_seeds("0-49"), help="e.g. 0-49 or 1,5,9")
+    p.add_argument("--seeds", type=seed_list, default=seed_list("0-49"), help="e.g. 0-49 or 1,5,9")
     p.add_argument("--refiners", type=Path, default=None, help="root of <variant>/<skill>/ refiner checkpoints")
     p.add_argument("--variants", default=",".join(["anchor", *ABLATIONS]),
                    help="comma-separated: anchor and/or ablation names")
