@@ -51,7 +51,7 @@ def _skills(args: argparse.Namespace, tmp: Path) -> tuple[Path, list[str]]:
 
     src = Path(args.skills_file) if args.skills_file else default_skills_file()
     lib = SkillLibrary.load(src, load_policies=False)
-    learned = [n for n in lib.names() if not lib.get(n).spec.is_hold]
+    learned = [n for n in lib.names() if not lib.get(n).spec.is_scripted]
     if learned:
         return src, learned
     pol = save_untrained_policy(tmp / "pick", cameras=["front", "wrist"], joint_names=JOINTS, backbone_stages=3)

@@ -154,6 +154,13 @@ def test_observation_mismatch_is_a_clear_error(policy_dir, entry, message):
          r"'state_clamp' must be a float, got 'yes'"),
         ({"skills": {"x": {"policy": "hold", "state_clamp": 0.25}}},
          r"'state_clamp' has no effect on a hold skill .* got 0\.25"),
+        ({"skills": {"x": {"policy": "home", "max_speed_rad_s": 0}}}, r"'max_speed_rad_s' must be > 0, got 0"),
+        ({"skills": {"x": {"policy": "hold", "max_speed_rad_s": 1.0}}},
+         r"'max_speed_rad_s' applies to the 'home' motion only, got 1\.0 on a hold skill"),
+        ({"skills": {"x": {"policy": "p", "cameras": ["front"], "max_speed_rad_s": 1.0}}},
+         r"'max_speed_rad_s' applies to the 'home' motion only, got 1\.0 on a learned skill"),
+        ({"skills": {"x": {"policy": "home", "max_speed_rad_s": "fast"}}},
+         r"'max_speed_rad_s' must be a float, got 'fast'"),
     ],
 )
 def test_bad_entries_rejected_without_loading(doc, message):

@@ -1,4 +1,4 @@
-"""Receding-horizon runner: chunk sizes and stamps, step budget, stale observations, hold skill."""
+"""Receding-horizon runner: chunk sizes and stamps, step budget, stale observations, hold and home skills."""
 
 from __future__ import annotations
 
@@ -42,6 +42,7 @@ def library(tmp_path_factory) -> SkillLibrary:
             "skills": {
                 "pick": {"policy": str(pol), "cameras": ["front"], "n_action_steps": 8, "denoising_steps": 2},
                 "observe": {"policy": "hold", "n_action_steps": 5, "default_horizon_s": 0.5},
+                "home": {"policy": "home", "n_action_steps": 8, "max_speed_rad_s": 1.5, "default_horizon_s": 6.0},
             },
         }
     )
@@ -166,6 +167,43 @@ def test_observe_holds_the_starting_pose(library):
     assert [c.num_steps for c in chunks] == [5, 5, 5]
     for c in chunks:
         assert np.allclose(c.positions, [start[j] for j in JOINTS])
+
+
+def test_home_opens_the_jaws_goes_home_within_its_speed_and_ends_there(library):
+    """From a half-closed grasp away from home: the gripper opens before any other joint moves,
+    no joint moves faster than max_speed_rad_s, the last target is the home pose (grippers at
+    their home value), and the skill ends there, well before its 6 s horizon."""
+    from hvla_ros.robot import GRIPPER_OPEN
+
+    r = SkillRunner(library.get("home"), "return to the home pose", horizon_s=0)
+    start = {"shoulder_pan": 0.5, "shoulder_lift": -0.2, "elbow_flex": 0.3, "wrist_flex": 1.2,
+             "wrist_roll": 0.4, "gripper": 0.1}
+    q, t, executed = dict(start), 0.0, [np.array([start[j] for j in JOINTS])]
+    while not r.done:
+        c = r.next_chunk([_obs(t, joints=q)], now=t, latency_s=0.1)  # latency: stale extra steps
+        assert c.num_steps == 8 + 3 or r.done
+        fresh = c.positions[: min(8, c.num_steps)]
+        executed += list(fresh)
+        q, t = dict(zip(JOINTS, fresh[-1], strict=True)), t + len(fresh) * PERIOD
+    path = np.array(executed)
+    g = JOINTS.index("gripper")
+    assert r.motion_complete and r.steps_planned < r.horizon_steps
+    assert np.allclose(path[-1], [HOME_POSITION[j] for j in JOINTS])
+    assert np.abs(np.diff(path, axis=0)).max() <= 1.5 * PERIOD + 1e-9
+    opened = int(np.argmax(path[:, g] >= GRIPPER_OPEN - 1e-9))
+    assert opened > 0 and np.allclose(path[: opened + 1, :g], path[0, :g], atol=1e-6)  # only the jaws moved
+    arm_moving = np.abs(np.diff(path[:, :g], axis=0)).max(axis=1) > 1e-6  # (the state arrives as float32)
+    assert arm_moving.any() and (path[1:][arm_moving, g] >= GRIPPER_OPEN - 1e-9).all()  # jaws open meanwhile
+    # The stale extra steps of a chunk repeat the motion's last target, never run past it.
+    assert np.allclose(c.positions[-1], path[-1])
+
+
+def test_home_from_home_ends_after_opening_and_closing_the_jaws(library):
+    r = SkillRunner(library.get("home"), "return to the home pose", horizon_s=0)
+    c = r.next_chunk([_obs(0.0)], now=0.0)
+    while not r.done:
+        c = r.next_chunk([_obs(c.end_time)], now=c.end_time)
+    assert r.motion_complete and np.allclose(c.positions[-1], [HOME_POSITION[j] for j in JOINTS])
 
 
 def test_buffer_history_spacing_and_padding():

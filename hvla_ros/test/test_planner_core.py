@@ -455,3 +455,45 @@ def test_stop_on_post_subtasks_end_when_the_monitor_sees_the_post_condition(tmp_
     assert ex.untils == [None, None]
     # The flag survives the episode log's plan round trip.
     assert plan_from_dict(Plan("g", tuple(plan)).to_dict()).subtasks[0].stop_on_post is True
+
+
+class HomingExecutor(FakeExecutor):
+    """Declares a ``home`` skill, as the shipped single-arm libraries do."""
+
+    def skills(self):
+        return {**SKILLS, "home": "return to the home pose"}
+
+
+def test_a_skill_that_starts_at_home_is_retried_from_home(tmp_path):
+    """After a failed pick the arm goes home before the next pick; a place is retried where it is
+    (it starts holding the object); home itself is neither verified nor counted as an attempt."""
+    r = ScriptedReasoner(
+        [[st("pick it"), st("place it", "place")]],
+        verdicts=[Verdict("fail", "not lifted"), Verdict("success", "ok"),
+                  Verdict("fail", "missed"), Verdict("success", "ok")],
+    )
+    ex = HomingExecutor()
+    res, _ = run(r, ex, tmp_path)
+    assert res.success
+    assert [(k, a, s.skill) for k, a, s in ex.issued] == [
+        (0, 1, "pick"), (0, 2, "home"), (0, 2, "pick"), (1, 1, "place"), (1, 2, "place")]
+    home = ex.issued[1][2]
+    assert home.horizon_s == PlannerConfig().home_horizon_s and not home.post.predicates
+    assert r.calls["verify"] == 4
+    kinds = [e["event"] for e in events(res.log_path)]
+    assert kinds.count("home") == 1 and kinds.count("home_report") == 1 and kinds.count("issue") == 4
+
+
+def test_homing_before_a_retry_follows_a_replan_and_can_be_switched_off(tmp_path):
+    # Reflection asks for a replan: the new plan's pick (attempt 1) still starts from home.
+    r = ScriptedReasoner([[st("pick it")], [st("pick it again")]],
+                         verdicts=[Verdict("fail", "not lifted"), Verdict("success", "ok")],
+                         reflections=[Reflection("wrong approach", "replan")])
+    ex = HomingExecutor()
+    assert run(r, ex, tmp_path / "a")[0].success
+    assert [(k, a, s.skill) for k, a, s in ex.issued] == [(0, 1, "pick"), (0, 1, "home"), (0, 1, "pick")]
+
+    r = ScriptedReasoner([[st("pick it")]], verdicts=[Verdict("fail", "not lifted"), Verdict("success", "ok")])
+    ex = HomingExecutor()
+    assert run(r, ex, tmp_path / "b", home_before_retry=())[0].success
+    assert [s.skill for _, _, s in ex.issued] == ["pick", "pick"]

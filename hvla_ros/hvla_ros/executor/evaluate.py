@@ -79,7 +79,7 @@ def run_episode(world: Any, lib: Any, seed: int, *, horizon_s: float | None, ima
         # A subtask that says how long it lasts (observe: the cue's duration, written to 0.1 s)
         # gets that horizon, plus the rounding.
         own = float(sub.parameters["horizon_s"]) + 0.1 if "horizon_s" in sub.parameters else None
-        runner = SkillRunner(skill, sub.instruction, own if own and skill.spec.is_hold else horizon_s,
+        runner = SkillRunner(skill, sub.instruction, own if own and skill.spec.is_scripted else horizon_s,
                              max_obs_age_s=1e9)
         buf = ObservationBuffer(maxlen=8)
 

@@ -23,6 +23,11 @@ Loaded from YAML (default: the package's ``config/skills.yaml``)::
         description: hold still while watching
         policy: hold              # no learned policy: hold the current joint positions
         default_horizon_s: 2.0
+      home:
+        description: open the jaws and return to the home pose
+        policy: home              # no learned policy: open the grippers, move every joint to the
+        max_speed_rad_s: 1.5      # robot's home pose (at most this fast), then close the grippers
+        default_horizon_s: 6.0    # to their home value; ends once there
 
 :meth:`SkillLibrary.load` validates everything up front and raises :class:`SkillConfigError`
 naming the skill, the path and the reason (missing or corrupt checkpoint, cameras/joints/
@@ -41,11 +46,14 @@ from typing import Any
 import numpy as np
 import yaml
 
-from hvla_ros.robot import RobotSpec, get_robot
+from hvla_ros.robot import HOME_POSITION, RobotSpec, base_joint_name, get_robot
 
 log = logging.getLogger(__name__)
 
 HOLD = "hold"
+HOME = "home"
+#: ``policy`` values of the skills without a learned policy (scripted motions).
+SCRIPTED = (HOLD, HOME)
 INSTRUCTION_MODES = ("hashed_bow", "none")
 IMAGE_ENCODERS = ("pixels", "colour_keypoints")
 _KEYS = frozenset(
@@ -63,6 +71,7 @@ _KEYS = frozenset(
         "denoising_steps",
         "state_clamp",
         "step_period_s",
+        "max_speed_rad_s",
     }
 )
 
@@ -125,7 +134,7 @@ class SkillSpec:
 
     name: str
     description: str
-    policy_dir: Path | None  # None: hold skill
+    policy_dir: Path | None  # None: a scripted skill (``motion``)
     cameras: tuple[str, ...] = ()
     state_joints: tuple[str, ...] = ()
     action_joints: tuple[str, ...] = ()
@@ -141,15 +150,27 @@ class SkillSpec:
     #: (the idle arm of a two-arm skill) has a range near zero: a few degrees off it would reach the
     #: policy as a value in the thousands and its actions would be garbage.
     state_clamp: float | None = None
+    #: The scripted motion of a skill without a learned policy: ``hold`` or ``home`` ("" otherwise).
+    motion: str = ""
+    #: Fastest joint speed of the ``home`` motion (rad/s; the gripper moves at this speed too).
+    max_speed_rad_s: float = 1.5
+    #: Scripted skills: the robot's home position of each action joint, and which are grippers.
+    home_pose: tuple[float, ...] = ()
+    gripper_mask: tuple[bool, ...] = ()
+
+    @property
+    def is_scripted(self) -> bool:
+        """No learned policy: the executor computes the chunks itself (``motion``)."""
+        return self.policy_dir is None
 
     @property
     def is_hold(self) -> bool:
-        return self.policy_dir is None
+        return self.motion == HOLD
 
 
 @dataclass
 class Skill:
-    """A skill ready to run: its spec and (unless it is a hold skill) the loaded policy bundle."""
+    """A skill ready to run: its spec and (unless it is scripted) the loaded policy bundle."""
 
     spec: SkillSpec
     bundle: Any = None  # lerobot_compat.PolicyBundle
@@ -224,7 +245,7 @@ class SkillLibrary:
             if only is not None and spec.name not in only:
                 continue
             skill = Skill(spec=spec)
-            if load_policies and not spec.is_hold:
+            if load_policies and not spec.is_scripted:
                 skill = load_skill(spec, device=device)
             lib.skills[spec.name] = skill
         return lib
@@ -245,7 +266,7 @@ def parse_skill(name: str, entry: Any, robot: RobotSpec, where: str) -> SkillSpe
         raise SkillConfigError(f"{ctx}: unknown keys {sorted(unknown)}; allowed: {sorted(_KEYS)}")
     policy = entry.get("policy")
     if not isinstance(policy, str) or not policy:
-        raise SkillConfigError(f"{ctx}: 'policy' must be a policy directory or '{HOLD}', got {policy!r}")
+        raise SkillConfigError(f"{ctx}: 'policy' must be a policy directory, '{HOLD}' or '{HOME}', got {policy!r}")
 
     def num(key: str, default: float, typ: type, lo: float) -> Any:
         v = entry.get(key, default)
@@ -260,10 +281,16 @@ def parse_skill(name: str, entry: Any, robot: RobotSpec, where: str) -> SkillSpe
         raise SkillConfigError(f"{ctx}: 'default_horizon_s' must be > 0, got {horizon_s}")
     period = num("step_period_s", 0.0, float, 0.0)
     description = str(entry.get("description", ""))
-    if policy == HOLD:
+    if policy in SCRIPTED:
         if "state_clamp" in entry:
-            raise SkillConfigError(f"{ctx}: 'state_clamp' has no effect on a hold skill (it reads no policy "
+            raise SkillConfigError(f"{ctx}: 'state_clamp' has no effect on a {policy} skill (it reads no policy "
                                    f"state), got {entry['state_clamp']!r}; remove it")
+        if "max_speed_rad_s" in entry and policy != HOME:
+            raise SkillConfigError(f"{ctx}: 'max_speed_rad_s' applies to the '{HOME}' motion only, "
+                                   f"got {entry['max_speed_rad_s']!r} on a {policy} skill; remove it")
+        speed = num("max_speed_rad_s", 1.5, float, 0.0)
+        if speed <= 0:
+            raise SkillConfigError(f"{ctx}: 'max_speed_rad_s' must be > 0, got {speed}")
         return SkillSpec(
             name=name,
             description=description,
@@ -273,8 +300,15 @@ def parse_skill(name: str, entry: Any, robot: RobotSpec, where: str) -> SkillSpe
             n_action_steps=num("n_action_steps", 8, int, 1),
             state_joints=robot.joint_names,
             action_joints=robot.joint_names,
+            motion=policy,
+            max_speed_rad_s=speed,
+            home_pose=tuple(HOME_POSITION[base_joint_name(j, robot)] for j in robot.joint_names),
+            gripper_mask=tuple(base_joint_name(j, robot) == "gripper" for j in robot.joint_names),
         )
 
+    if "max_speed_rad_s" in entry:
+        raise SkillConfigError(f"{ctx}: 'max_speed_rad_s' applies to the '{HOME}' motion only, got "
+                               f"{entry['max_speed_rad_s']!r} on a learned skill; remove it")
     cameras = entry.get("cameras")
     if not isinstance(cameras, Sequence) or isinstance(cameras, str) or not cameras:
         raise SkillConfigError(f"{ctx}: 'cameras' must be a non-empty list of camera names, got {cameras!r}")

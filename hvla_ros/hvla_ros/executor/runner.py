@@ -18,8 +18,10 @@ computed (:meth:`SkillRunner.next_due`).
 The subtask horizon is a step budget: ``round(horizon_s / step_period)`` steps in all.
 
 A stale newest observation (older than ``max_obs_age_s``) raises
-:class:`StaleObservationError` and produces no chunk. The ``hold`` skill (``observe``) repeats the
-current joint positions.
+:class:`StaleObservationError` and produces no chunk. The skills without a learned policy are
+scripted: ``hold`` (``observe``) repeats the current joint positions; ``home`` opens the grippers,
+moves every joint to the robot's home pose and closes the grippers to their home value
+(:func:`home_motion`), then ends (:attr:`SkillRunner.done`) however much of its horizon is left.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from hvla_ros.executor.instruction import DEFAULT_DIM, encode_instruction
-from hvla_ros.executor.library import Skill
+from hvla_ros.executor.library import HOME, Skill
 
 
 class StaleObservationError(RuntimeError):
@@ -304,6 +306,28 @@ def joint_vector(obs: Observation, names: Sequence[str]) -> np.ndarray:
     return np.array([obs.joints[n] for n in names], dtype=np.float32)
 
 
+def home_motion(start: np.ndarray, home: np.ndarray, gripper: np.ndarray, max_speed: float,
+                step_period: float) -> np.ndarray:
+    """Joint targets, one per step, from ``start`` to ``home``: the joints flagged in ``gripper``
+    open (to at least ``GRIPPER_OPEN``), then the others go home, then the grippers go to their home
+    value. Each phase follows a minimum-jerk profile whose peak joint speed is ``max_speed``
+    (rad/s); the last row is ``home``."""
+    from hvla_ros.robot import GRIPPER_OPEN
+
+    q0 = np.asarray(start, dtype=np.float64)
+    opened = np.where(gripper, np.maximum(q0, GRIPPER_OPEN), q0)
+    at_home_open = np.where(gripper, opened, home)
+    rows = [q0[None, :]]
+    for a, b in ((q0, opened), (opened, at_home_open), (at_home_open, np.asarray(home, dtype=np.float64))):
+        dist = float(np.max(np.abs(b - a)))
+        if dist < 1e-6:
+            continue
+        n = max(2, math.ceil(1.875 * dist / max_speed / step_period))  # min jerk peaks at 1.875x the mean
+        s = np.arange(1, n + 1) / n
+        rows.append(a[None, :] + (s**3 * (10 - 15 * s + 6 * s * s))[:, None] * (b - a)[None, :])
+    return np.concatenate(rows[1:]) if len(rows) > 1 else q0[None, :].copy()
+
+
 class SkillRunner:
     """Runs one subtask attempt with ``skill``: a step budget, chunk counter and stamping."""
 
@@ -323,14 +347,16 @@ class SkillRunner:
         self.last_chunk: PlannedChunk | None = None
         self.last_fresh_steps = 0  # fresh steps (the horizon's share) of the last chunk
         self._instruction_vec: np.ndarray | None = None
-        if not spec.is_hold and skill.bundle.instruction_dim > 0:
+        self._script: np.ndarray | None = None  # the home motion, planned at its first chunk
+        self._script_pos = 0
+        if not spec.is_scripted and skill.bundle.instruction_dim > 0:
             self._instruction_vec = encode_instruction(
                 instruction, skill.bundle.instruction_dim or DEFAULT_DIM
             )
 
     @property
     def n_obs_steps(self) -> int:
-        return 1 if self.skill.spec.is_hold else int(self.skill.bundle.config.n_obs_steps)
+        return 1 if self.skill.spec.is_scripted else int(self.skill.bundle.config.n_obs_steps)
 
     @property
     def joint_names(self) -> tuple[str, ...]:
@@ -341,8 +367,13 @@ class SkillRunner:
         return self.horizon_steps - self.steps_planned
 
     @property
+    def motion_complete(self) -> bool:
+        """The ``home`` motion has been planned to its end (the skill is done before its horizon)."""
+        return self._script is not None and self._script_pos >= len(self._script)
+
+    @property
     def done(self) -> bool:
-        return self.remaining_steps <= 0
+        return self.motion_complete or self.remaining_steps <= 0
 
     @property
     def progress(self) -> float:
@@ -375,7 +406,7 @@ class SkillRunner:
     @property
     def max_chunk_steps(self) -> int:
         """All the steps the policy predicts from its newest observation on."""
-        if self.skill.spec.is_hold:
+        if self.skill.spec.is_scripted:
             return 10**6
         from hvla_ros import lerobot_compat as lc
 
@@ -406,7 +437,20 @@ class SkillRunner:
         fresh = min(self.skill.spec.n_action_steps, self.remaining_steps)
         extra = math.ceil(latency_s / self.step_period - 1e-9) if latency_s > 0 and math.isfinite(latency_s) else 0
         n = min(fresh + extra, self.max_chunk_steps)
-        if self.skill.spec.is_hold:
+        if self.skill.spec.motion == HOME:
+            if self._script is None:
+                spec = self.skill.spec
+                self._script = home_motion(joint_vector(newest, self.joint_names).astype(np.float64),
+                                           np.array(spec.home_pose), np.array(spec.gripper_mask),
+                                           spec.max_speed_rad_s, self.step_period)
+            # Fresh steps come out of the motion; the stale extra ones repeat its last target.
+            fresh = min(fresh, len(self._script) - self._script_pos)
+            part = self._script[self._script_pos : self._script_pos + n]
+            pad = n - len(part)
+            positions = np.concatenate([part, np.repeat(self._script[-1:], pad, axis=0)]) if pad > 0 else part
+            self._script_pos += fresh
+            context = None
+        elif self.skill.spec.is_hold:
             # Hold where the arm was when the subtask started: repeated targets, no drift.
             base = (
                 self.last_chunk.positions[-1]

@@ -379,7 +379,8 @@ class ExecutorNode(LifecycleNode):
             if reason is not None:
                 return self._finish(handle, sent, t0, reason)
             time.sleep(min(0.01, max(0.0, end - self.now_s())))
-        return self._finish(handle, sent, t0, Result.TERMINATION_HORIZON)
+        return self._finish(handle, sent, t0, Result.TERMINATION_SKILL_DONE if runner.motion_complete
+                            else Result.TERMINATION_HORIZON)
 
     def _chunk_due(self, runner: SkillRunner, now: float) -> bool:
         """Predict the next chunk now? With latency compensation: once the observation stamped

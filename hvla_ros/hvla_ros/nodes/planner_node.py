@@ -113,6 +113,12 @@ def _params() -> list[ParamSpec]:
         ParamSpec("use_error_register", True, "ablation switch: error register E"),
         ParamSpec("use_verifier", True, "ablation switch: verifier (off: termination counts as success)"),
         ParamSpec("use_reflection", True, "ablation switch: reflection (off: plain retry)"),
+        ParamSpec("home_before_retry", list(PlannerConfig.home_before_retry),
+                  "skills re-tried from the home pose: after a failed attempt the executor's home skill runs first "
+                  "(empty list: never)",
+                  check=lambda v: None if all(isinstance(c, str) and c for c in v)
+                  else f"parameter 'home_before_retry' must be a list of skill names, got {v!r}"),
+        ParamSpec("home_skill", PlannerConfig.home_skill, "the executor's skill that returns the arm home"),
         ParamSpec("executor_margin_s", 5.0, "grace after a subtask's horizon before the executor counts as silent",
                   min=0.0, max=600.0),
         ParamSpec("executor_wait_s", 10.0, "how long to wait for the executor's servers", min=0.1, max=600.0),
@@ -421,6 +427,7 @@ class PlannerNode(LifecycleNode):
             config = PlannerConfig(
                 max_attempts=p["max_attempts"], max_replans=p["max_replans"], use_verifier=p["use_verifier"],
                 use_reflection=p["use_reflection"],
+                home_before_retry=tuple(p["home_before_retry"]), home_skill=p["home_skill"],
                 memory=MemoryConfig(n_history=p["n_history"], use_history=p["use_history"],
                                     use_working_memory=p["use_working_memory"],
                                     use_error_register=p["use_error_register"]))

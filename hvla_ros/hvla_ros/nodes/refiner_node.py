@@ -147,7 +147,7 @@ class RefinerNode(LifecycleNode):
             raise ValueError("parameter 'refiner_dir' is empty but 'refine' is true")
         library = SkillLibrary.load(self.p["skills_file"] or None, robot=self.p["robot"])
         self._buffer = ObservationBuffer(maxlen=16)
-        skills = [name for name in library.names() if not library.get(name).spec.is_hold]
+        skills = [name for name in library.names() if not library.get(name).spec.is_scripted]
         if not self.p["recompute_context"]:  # the context comes with each chunk
             return load_chunk_refiner(self.p["refiner_dir"], dict.fromkeys(skills, _no_context))
         providers = {name: observation_context_provider(library.get(name), self._buffer, lambda: self._instruction)

@@ -91,6 +91,13 @@ class PlannerConfig:
     use_reflection: bool = True
     #: watch ``stop_on_post`` subtasks and end them once their post-condition holds (needs the verifier)
     stop_on_post: bool = True
+    #: Skills whose demonstrations start at the home pose: after a failed attempt, the next attempt
+    #: of one of these is preceded by the executor's ``home_skill`` (when it declares one). A policy
+    #: re-run from wherever the failure left the arm (a cube half-grasped, the jaws closed beside
+    #: it) is outside what it was trained on: through the graph no such re-pick ever lifted the cube.
+    home_before_retry: tuple[str, ...] = ("pick", "push", "press", "open_drawer")
+    home_skill: str = "home"
+    home_horizon_s: float = 6.0
     memory: MemoryConfig = field(default_factory=MemoryConfig)
     fsync_log: bool = False
 
@@ -99,6 +106,8 @@ class PlannerConfig:
             raise ValueError(f"`max_attempts` must be >= 1. Got {self.max_attempts}.")
         if self.max_replans < 0:
             raise ValueError(f"`max_replans` must be >= 0. Got {self.max_replans}.")
+        if not self.home_horizon_s > 0:
+            raise ValueError(f"`home_horizon_s` must be > 0. Got {self.home_horizon_s}.")
 
 
 @dataclass(frozen=True)
@@ -167,6 +176,7 @@ class _State:
     k: int = 0
     attempt: int = 0
     succeeded: int = 0
+    after_failure: bool = False  # the last attempt failed: the next may start from home
 
 
 class EpisodeRunner:
@@ -295,6 +305,9 @@ class EpisodeRunner:
         s.log.write("issue", k=k, attempt=attempt, subtask=issued.to_dict())
         self._update(s, "executing")
         overhead, cpu = time.perf_counter() - t0, time.thread_time() - c0
+        if s.after_failure:
+            s.after_failure = False
+            self._home_before(s, issued)
         before = self.executor.observe()
         missing = issued.placeholders()
         if missing:
@@ -330,6 +343,7 @@ class EpisodeRunner:
             st.outcomes[k] = Outcome(k, attempt, "success", "none", verdict.reason)
             s.k, s.attempt, s.succeeded = k + 1, 0, s.succeeded + 1
         else:
+            s.after_failure = True
             self._recover(s, issued, verdict, error, images)
         self._checkpoint(s)
         overheads.append(overhead + time.perf_counter() - t1 - self._take_reasoner_time())
@@ -373,6 +387,20 @@ class EpisodeRunner:
             self._set_plan(s, Plan(s.goal, (*plan.subtasks[:k], *new.subtasks), {**plan.notes, **new.notes}),
                            f"replan {st.replans}")
             s.attempt = 0
+
+    def _home_before(self, s: _State, issued: Subtask) -> None:
+        """Return the arm home before re-trying ``issued`` (see ``PlannerConfig.home_before_retry``).
+        Not verified and not counted as an attempt; its report goes to the episode log."""
+        cfg = self.config
+        if issued.skill not in cfg.home_before_retry or cfg.home_skill not in s.skills:
+            return
+        home = Subtask("return to the home pose", cfg.home_skill, arm=issued.arm, horizon_s=cfg.home_horizon_s)
+        s.log.write("home", k=s.k, attempt=s.attempt, before=issued.skill)
+        report = self.executor.execute(home, s.k, s.attempt)
+        s.log.write("home_report", k=s.k, attempt=s.attempt, termination=report.termination,
+                    elapsed_s=report.elapsed_s, error=report.error)
+        if self._cancel.is_set():
+            raise _Canceled
 
     # --- helpers ---------------------------------------------------------------------------
     def _ctx(self, s: _State, images: Images) -> Context:
