@@ -48,6 +48,7 @@ def skills_file(tmp_path_factory) -> Path:
                         "default_horizon_s": 1.0,
                     },
                     "observe": {"description": "hold", "policy": "hold", "n_action_steps": 8, "default_horizon_s": 0.5},
+                    "home": {"description": "go home", "policy": "home", "n_action_steps": 8, "default_horizon_s": 6.0},
                 },
             }
         )
@@ -206,9 +207,9 @@ def test_list_skills(peer):
     assert peer.list_skills.wait_for_service(timeout_sec=10.0)
     res = _wait_future(peer.list_skills.call_async(ListSkills.Request()), 10.0)
     assert res.error_code == ListSkills.Response.ERROR_NONE
-    assert list(res.names) == ["observe", "pick"]
-    assert list(res.cameras) == ["", "front"]
-    assert res.descriptions[1] == "pick up an object"
+    assert list(res.names) == ["home", "observe", "pick"]
+    assert list(res.cameras) == ["", "", "front"]
+    assert res.descriptions[2] == "pick up an object"
 
 
 def test_goal_runs_to_horizon_with_chunks_and_feedback(peer):
@@ -244,6 +245,27 @@ def test_goal_runs_to_horizon_with_chunks_and_feedback(peer):
     assert [f.chunk_index for f in chunk_fb] == [0, 1, 2]
     assert [f.steps_executed for f in chunk_fb] == [8, 16, 20]
     assert chunk_fb[-1].progress == pytest.approx(1.0)
+
+
+def test_home_ends_as_done_at_the_home_pose_before_its_horizon(peer):
+    """The arm is at home (the peer's joint states): home opens the jaws, closes them again and
+    reports the skill done, well before its 6 s horizon; its last target is the home pose."""
+    from hvla_interfaces.action import ExecuteSubtask
+    from hvla_ros.robot import GRIPPER_OPEN
+
+    peer.chunks.clear()
+    t0 = time.monotonic()
+    handle = peer.send("home", 0.0, subtask_id=7)  # 0: the skill's default horizon
+    res = _wait_future(handle.get_result_async(), 60.0).result
+    assert res.termination == ExecuteSubtask.Result.TERMINATION_SKILL_DONE, res.error_msg
+    assert time.monotonic() - t0 < 6.0 and 0 < res.steps_executed < 6.0 / PERIOD
+    assert _wait(lambda: len(peer.chunks_of(7)) == res.chunks_executed, 5.0)
+    chunks = [m for _, m in peer.chunks_of(7)]
+    pos = np.concatenate([np.reshape(c.positions, (c.num_steps, len(JOINTS))) for c in chunks])
+    g = JOINTS.index("gripper")
+    assert pos[:, g].max() == pytest.approx(GRIPPER_OPEN)
+    assert np.allclose(pos[-1], [HOME_POSITION[j] for j in JOINTS], atol=1e-6)
+    assert all(c.skill == "home" and c.context_tokens == 0 for c in chunks)
 
 
 def test_cancel_mid_chunk_stops_all_further_chunks(peer):
