@@ -85,6 +85,12 @@ class SimSystemExecutor(Executor):
     def observe(self) -> Images:
         return {cam: self.world.render(cam) for cam in self.world.camera_names}
 
+    def settle(self, seconds: float) -> Images:
+        """Step the simulation ``seconds`` with the arm held at its last targets, then render."""
+        for _ in range(round(seconds / float(self.world.control_period))):
+            self.world.step(self._physics_steps())
+        return self.observe()
+
     def execute(self, subtask: Subtask, subtask_id: int, attempt: int, until: StopCheck | None = None
                 ) -> ExecutionReport:
         from hvla_ros.executor.runner import StaleObservationError

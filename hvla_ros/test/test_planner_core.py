@@ -497,3 +497,54 @@ def test_homing_before_a_retry_follows_a_replan_and_can_be_switched_off(tmp_path
     ex = HomingExecutor()
     assert run(r, ex, tmp_path / "b", home_before_retry=())[0].success
     assert [s.skill for _, _, s in ex.issued] == ["pick", "pick"]
+
+
+class SettlingExecutor(FakeExecutor):
+    """Records each settle; the images after it differ from the attempt's last ones."""
+
+    AFTER = np.full_like(IMG, 7)
+
+    def __init__(self, terminations: Sequence[str] = ()) -> None:
+        super().__init__(terminations)
+        self.settled: list[float] = []
+
+    def settle(self, seconds):
+        self.settled.append(seconds)
+        return {"front": self.AFTER}
+
+
+def test_a_success_must_still_hold_after_the_scene_settles(tmp_path):
+    """A place judged a success on the release frame whose cube has rolled off a second later is
+    a failed attempt (retried), not a success; the second look sees the settled images."""
+    r = ScriptedReasoner([[st("place it", "place")]],
+                         verdicts=[Verdict("success", "the cube is inside the box"),
+                                   Verdict("fail", "the cube is outside the box"),
+                                   Verdict("success", "the cube is inside the box"),
+                                   Verdict("success", "the cube is inside the box")])
+    ex = SettlingExecutor(["horizon", "skill_done"])
+    res, runner = run(r, ex, tmp_path, settle_s=1.5)
+    assert res.success and res.subtasks_succeeded == 1
+    assert ex.settled == [1.5, 1.5] and r.calls["verify"] == 4 and r.calls["reflect"] == 1
+    second_looks = [c for c in r.contexts if c.images and c.images["front"] is SettlingExecutor.AFTER]
+    assert len(second_looks) == 2
+    v = [e for e in events(res.log_path) if e["event"] == "verdict"]
+    # Not a horizon timeout: the post-condition held at the end of the attempt and was then lost.
+    assert (v[0]["status"], v[0]["error"]) == ("fail", "postcondition_unmet")
+    assert "not 1.5 s later: the cube is outside the box" in v[0]["reason"]
+    assert "inside the box" in v[0]["reason"]
+    assert (v[1]["status"], v[1]["error"]) == ("success", "none")
+    assert [e.recovery for e in runner.status.memory.errors] == ["retry"]
+
+
+def test_no_second_look_when_settling_is_off_or_the_attempt_failed(tmp_path):
+    r = ScriptedReasoner([[st("a")]], verdicts=[Verdict("success", "ok")])
+    ex = SettlingExecutor()
+    assert run(r, ex, tmp_path / "a")[0].success  # settle_s defaults to 0 in the core
+    assert ex.settled == [] and r.calls["verify"] == 1
+    r = ScriptedReasoner([[st("a")]], verdicts=[Verdict("fail", "missed"), Verdict("success", "ok"),
+                                                 Verdict("success", "ok")])
+    ex = SettlingExecutor()
+    assert run(r, ex, tmp_path / "b", settle_s=0.5)[0].success
+    assert ex.settled == [0.5] and r.calls["verify"] == 3  # no second look at the failed attempt
+    with pytest.raises(ValueError, match=r"settle_s.*-1"):
+        PlannerConfig(settle_s=-1.0)

@@ -119,6 +119,8 @@ def _params() -> list[ParamSpec]:
                   check=lambda v: None if all(isinstance(c, str) and c for c in v)
                   else f"parameter 'home_before_retry' must be a list of skill names, got {v!r}"),
         ParamSpec("home_skill", PlannerConfig.home_skill, "the executor's skill that returns the arm home"),
+        ParamSpec("settle_s", 1.0, "seconds (ROS time) after an attempt that a success must still hold: the "
+                  "verifier looks again then (0: only at the attempt's end)", min=0.0, max=60.0),
         ParamSpec("executor_margin_s", 5.0, "grace after a subtask's horizon before the executor counts as silent",
                   min=0.0, max=600.0),
         ParamSpec("executor_wait_s", 10.0, "how long to wait for the executor's servers", min=0.1, max=600.0),
@@ -204,6 +206,17 @@ class RosExecutor(Executor):
             if time.monotonic() > deadline or self.canceled.is_set():
                 raise ExecutorUnavailable(f"no image on {[topics.camera_image(c) for c in missing]} within {wait:g} s")
             time.sleep(0.02)  # a worker thread of the episode, not a callback
+
+    def settle(self, seconds: float) -> Images:
+        """Wait ``seconds`` of ROS time (simulated time under use_sim_time; the refiner holds the
+        arm meanwhile), with a wall-clock backstop if time stalls, then the latest images."""
+        node = self.node
+        t0, wall0 = node.get_clock().now().nanoseconds, time.monotonic()
+        while (node.get_clock().now().nanoseconds - t0) * 1e-9 < seconds:
+            if self.canceled.is_set() or time.monotonic() - wall0 > 3 * seconds + 10.0:
+                break
+            time.sleep(0.01)  # a worker thread of the episode, not a callback
+        return self.observe()
 
     def execute(self, subtask: P.Subtask, subtask_id: int, attempt: int, until: StopCheck | None = None
                 ) -> ExecutionReport:
@@ -427,7 +440,7 @@ class PlannerNode(LifecycleNode):
             config = PlannerConfig(
                 max_attempts=p["max_attempts"], max_replans=p["max_replans"], use_verifier=p["use_verifier"],
                 use_reflection=p["use_reflection"],
-                home_before_retry=tuple(p["home_before_retry"]), home_skill=p["home_skill"],
+                home_before_retry=tuple(p["home_before_retry"]), home_skill=p["home_skill"], settle_s=p["settle_s"],
                 memory=MemoryConfig(n_history=p["n_history"], use_history=p["use_history"],
                                     use_working_memory=p["use_working_memory"],
                                     use_error_register=p["use_error_register"]))

@@ -80,6 +80,14 @@ class Executor(abc.ABC):
         ``stop_on_post`` subtasks) is called on the latest images while the skill runs; once it
         returns True the attempt ends with termination ``post_condition``."""
 
+    def settle(self, seconds: float) -> Images:
+        """Let ``seconds`` of the robot's time pass with the arm held where the last attempt left
+        it, then return the latest images (see ``PlannerConfig.settle_s``). This default waits in
+        wall time; executors with a clock of their own (simulated time) override it."""
+        if seconds > 0:
+            time.sleep(seconds)
+        return self.observe()
+
 
 @dataclass(frozen=True)
 class PlannerConfig:
@@ -98,6 +106,11 @@ class PlannerConfig:
     home_before_retry: tuple[str, ...] = ("pick", "push", "press", "open_drawer")
     home_skill: str = "home"
     home_horizon_s: float = 6.0
+    #: Seconds after an attempt that the verifier's success must still hold: a success judged on
+    #: the attempt's last frame is checked again on the images ``settle_s`` later (the arm held
+    #: still). A cube let go on the box's rim looks "in the box" in the frame of the release and
+    #: lies beside it a second later. 0 switches the second look off.
+    settle_s: float = 0.0
     memory: MemoryConfig = field(default_factory=MemoryConfig)
     fsync_log: bool = False
 
@@ -108,6 +121,8 @@ class PlannerConfig:
             raise ValueError(f"`max_replans` must be >= 0. Got {self.max_replans}.")
         if not self.home_horizon_s > 0:
             raise ValueError(f"`home_horizon_s` must be > 0. Got {self.home_horizon_s}.")
+        if not 0.0 <= self.settle_s <= 60.0:
+            raise ValueError(f"`settle_s` must be within [0, 60] s. Got {self.settle_s}.")
 
 
 @dataclass(frozen=True)
@@ -429,11 +444,26 @@ class EpisodeRunner:
             return Verdict("success", "verifier switched off: assumed done"), "none"
         verdict = self._call(lambda: self.reasoner.verify(ctx, subtask, report))
         if verdict.status == "success":
+            if self.config.settle_s > 0 and (undone := self._verify_settled(ctx, subtask, report, verdict)):
+                return undone, "postcondition_unmet"
             return verdict, "none"
         if report.termination == "horizon":
             reason = f"horizon {subtask.horizon_s:g} s reached: {verdict.reason}"
             return replace(verdict, status="timeout", reason=reason), "horizon_reached"
         return replace(verdict, status="fail"), "postcondition_unmet"
+
+    def _verify_settled(self, ctx: Context, subtask: Subtask, report: ExecutionReport, verdict: Verdict
+                        ) -> Verdict | None:
+        """The success ``verdict`` judged again on the images ``settle_s`` later: ``None`` while it
+        still holds, else the failure, saying that it held at the attempt's end only."""
+        settle = self.config.settle_s
+        images = self.executor.settle(settle)
+        later = replace(report, images=images)
+        again = self._call(lambda: self.reasoner.verify(replace(ctx, images=images), subtask, later))
+        if again.status == "success":
+            return None
+        return Verdict("fail", f"held when the attempt ended ({verdict.reason}), not {settle:g} s later: "
+                               f"{again.reason}", dict(again.facts))
 
     def _call(self, fn: Callable[[], T]) -> T:
         """Call the reasoner, timing it (decision overhead excludes model time)."""
