@@ -9,7 +9,8 @@ Predicates (``negated`` inverts any of them):
 
 ==========================  ===========================================================
 visible(o)                  a blob of o's colour is in the image
-lifted(o)                   o rose by ``lift_frac`` of the image height since the subtask began
+lifted(o)                   o rose by its ``lift_frac`` (else the global one) of the image height since the
+                            subtask began
 raised(o)                   o is higher by ``lift_frac`` of the image height than at planning
 in(o, area) / off(o, area)  o's centre lies inside (outside) area's box (+ half its box overlaps)
 on(top, base)               top sits on base: above it, touching, horizontally overlapping
@@ -170,7 +171,9 @@ class PredicateChecker:
             start = self.find(a0, ic.check_image(before)) if before is not None and name == "lifted" else None
             b, r = need(a0), start or ref(a0)
             rise = max(r.v - b.v, r.y1 - b.y1)
-            return rise >= t.lift_frac * h, f"the {_label(a0)} rose {rise:.0f} px (needs {t.lift_frac * h:.0f})", {}
+            own = self.task.objects[a0].lift_frac if name == "lifted" else None
+            need_px = (t.lift_frac if own is None else own) * h
+            return rise >= need_px, f"the {_label(a0)} rose {rise:.0f} px (needs {need_px:.0f})", {}
         if name == "moved":
             b, r = need(a0), ref(a0)
             d = math.hypot(b.u - r.u, b.v - r.v)

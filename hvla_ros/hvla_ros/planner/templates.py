@@ -46,6 +46,9 @@ class ObjectSpec:
     order: int = 0  # 0: the largest matching blob; k >= 1: the k-th matching blob from the left
     fixed: bool = False  # does not move: its planning-time measurement is used thereafter
     grow_frac: float = 0.0  # grow the measured box by this fraction of the image width (cue areas)
+    #: lifted(o) needs o to rise by this fraction of the image height (None: the templates'
+    #: ``checks.lift_frac``): how high the task's pick carries a well-grasped object.
+    lift_frac: float | None = None
 
 
 @dataclass(frozen=True)
@@ -110,6 +113,14 @@ def _frac_box(value: Any, where: str) -> tuple[float, float, float, float] | Non
     return (float(value[0]), float(value[1]), float(value[2]), float(value[3]))
 
 
+def _lift_frac(value: Any, where: str) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value < 1.0:
+        raise TemplateError(f"{where} must be a fraction of the image height in (0, 1), got {value!r}")
+    return float(value)
+
+
 def _task(task: str, doc: Mapping[str, Any], palette: Palette) -> TaskTemplate:
     where = f"tasks.{task}"
     if not isinstance(doc, Mapping) or "goal" not in doc or "subtasks" not in doc:
@@ -130,6 +141,7 @@ def _task(task: str, doc: Mapping[str, Any], palette: Palette) -> TaskTemplate:
             int(o.get("order", 0)),
             bool(o.get("fixed", False)),
             float(o.get("grow_frac", 0.0)),
+            _lift_frac(o.get("lift_frac"), f"{where}.objects.{name}.lift_frac"),
         )
     limits = PlanLimits(skills=frozenset(SKILLS))
     steps = []
