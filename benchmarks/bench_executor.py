@@ -100,7 +100,6 @@ def bench_node(skills_file: Path, skill: str, n: int, threads: int = 2,
     sensor traffic, so that the ratio to it is the node's own cost)."""
     import rclpy
     from builtin_interfaces.msg import Duration
-    from rclpy.action import ActionClient
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.node import Node
     from sensor_msgs.msg import JointState
@@ -110,6 +109,7 @@ def bench_node(skills_file: Path, skill: str, n: int, threads: int = 2,
     from hvla_ros import topics
     from hvla_ros.executor.library import SkillLibrary
     from hvla_ros.robot import HOME_POSITION, JOINTS
+    from hvla_ros.rosutil.action import RaceFreeActionClient
     from hvla_ros.rosutil.images import to_image_msg
     from hvla_ros.rosutil.qos import COMMAND_QOS, IMAGE_QOS, STATE_QOS
     from hvla_ros.testing import procs
@@ -146,7 +146,7 @@ def bench_node(skills_file: Path, skill: str, n: int, threads: int = 2,
             pubs[c].publish(msg)
 
     node.create_timer(PERIOD, publish)
-    client = ActionClient(node, ExecuteSubtask, topics.EXECUTE_SUBTASK_ACTION)
+    client = RaceFreeActionClient(node, ExecuteSubtask, topics.EXECUTE_SUBTASK_ACTION)
     ex = SingleThreadedExecutor()
     ex.add_node(node)
     th = threading.Thread(target=ex.spin, daemon=True)

@@ -40,7 +40,6 @@ def graph_latency(task: str, skill: str, instruction: str, seconds: float,
     ``refiner`` ActionChunk received -> JointTrajectory received (refiner + two hops)."""
     import rclpy
     from builtin_interfaces.msg import Duration
-    from rclpy.action import ActionClient
     from rclpy.executors import SingleThreadedExecutor
     from trajectory_msgs.msg import JointTrajectory
 
@@ -49,6 +48,7 @@ def graph_latency(task: str, skill: str, instruction: str, seconds: float,
     from hvla_ros import topics
     from hvla_ros.graph import build_graph
     from hvla_ros.robot import get_robot
+    from hvla_ros.rosutil.action import RaceFreeActionClient
     from hvla_ros.rosutil.qos import COMMAND_QOS, LATCHED_QOS
     from hvla_ros.runner import GraphRunner, LifecycleManager
 
@@ -94,7 +94,7 @@ def graph_latency(task: str, skill: str, instruction: str, seconds: float,
         node.create_subscription(JointTrajectory, arm.trajectory_topic,
                                  lambda m: _append(lock, stamps["trajectories"],
                                                    (now(), sec(m.header.stamp))), COMMAND_QOS)
-        client = ActionClient(node, ExecuteSubtask, topics.EXECUTE_SUBTASK_ACTION)
+        client = RaceFreeActionClient(node, ExecuteSubtask, topics.EXECUTE_SUBTASK_ACTION)
         subtask_pub = node.create_publisher(Subtask, topics.CURRENT_SUBTASK, LATCHED_QOS)
         executor = SingleThreadedExecutor()
         executor.add_node(node)

@@ -183,12 +183,12 @@ class ChunkComparison:
 
     def start(self, timeout: float) -> None:
         from builtin_interfaces.msg import Duration
-        from rclpy.action import ActionClient
 
         from hvla_interfaces.action import ExecuteSubtask
         from hvla_interfaces.msg import Subtask
+        from hvla_ros.rosutil.action import RaceFreeActionClient
 
-        client = ActionClient(self.node, ExecuteSubtask, topics.EXECUTE_SUBTASK_ACTION)
+        client = RaceFreeActionClient(self.node, ExecuteSubtask, topics.EXECUTE_SUBTASK_ACTION)
         if not client.wait_for_server(timeout_sec=timeout):
             raise BagError("no executor is running (its ExecuteSubtask server did not appear); "
                            "start one, e.g. `hvla up hardware:=mock` or executor_node")

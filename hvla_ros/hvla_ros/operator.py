@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from rclpy.action import ActionClient
 from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.node import Node
 from std_msgs.msg import Bool
@@ -27,6 +26,7 @@ from hvla_interfaces.action import ExecuteGoal
 from hvla_interfaces.msg import PlanState, SafetyStatus, SubtaskOutcome
 from hvla_interfaces.srv import SetEStop, SetPaused
 from hvla_ros import topics
+from hvla_ros.rosutil.action import RaceFreeActionClient
 from hvla_ros.rosutil.images import ImageConversionError, to_rgb
 from hvla_ros.rosutil.qos import IMAGE_QOS, LATCHED_QOS, STATE_QOS
 
@@ -124,7 +124,7 @@ class OperatorClient(Node):
     def __init__(self, name: str = "hvla_operator", **kwargs: Any) -> None:
         super().__init__(name, **kwargs)
         self._group = ReentrantCallbackGroup()
-        self._goal_client = ActionClient(self, ExecuteGoal, topics.EXECUTE_GOAL_ACTION,
+        self._goal_client = RaceFreeActionClient(self, ExecuteGoal, topics.EXECUTE_GOAL_ACTION,
                                          callback_group=self._group)
         self._paused = self.create_client(SetPaused, topics.SET_PAUSED_SERVICE, callback_group=self._group)
         self._estop = self.create_client(SetEStop, topics.SET_ESTOP_SERVICE, callback_group=self._group)

@@ -92,7 +92,6 @@ class _Peer:
     """Test-side node: publishes filtered images + joint states, records chunks, drives the action."""
 
     def __init__(self, ctx):
-        from rclpy.action import ActionClient
         from rclpy.executors import SingleThreadedExecutor
         from rclpy.node import Node
         from sensor_msgs.msg import Image, JointState
@@ -101,6 +100,7 @@ class _Peer:
         from hvla_interfaces.msg import ActionChunk
         from hvla_interfaces.srv import ListSkills
         from hvla_ros import topics
+        from hvla_ros.rosutil.action import RaceFreeActionClient
         from hvla_ros.rosutil.images import to_image_msg
         from hvla_ros.rosutil.qos import COMMAND_QOS, IMAGE_QOS, STATE_QOS
 
@@ -114,7 +114,7 @@ class _Peer:
         self.image = to_image_msg(np.random.default_rng(0).integers(0, 255, (96, 128, 3), dtype=np.uint8), "rgb8")
         self.publishing = True
         self.node.create_timer(PERIOD, self._publish)
-        self.action = ActionClient(self.node, ExecuteSubtask, topics.EXECUTE_SUBTASK_ACTION)
+        self.action = RaceFreeActionClient(self.node, ExecuteSubtask, topics.EXECUTE_SUBTASK_ACTION)
         self.list_skills = self.node.create_client(ListSkills, topics.LIST_SKILLS_SERVICE)
         self.ex = SingleThreadedExecutor(context=ctx)
         self.ex.add_node(self.node)

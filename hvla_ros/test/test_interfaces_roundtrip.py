@@ -16,10 +16,10 @@ from typing import Any
 import pytest
 import rclpy
 from action_msgs.msg import GoalStatus
-from rclpy.action import ActionClient
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 
+from hvla_ros.rosutil.action import RaceFreeActionClient
 from hvla_ros.rosutil.qos import COMMAND_QOS
 from hvla_ros.testing.echo_peer import distinguishable_variants, interface_types
 from hvla_ros.testing.samples import VARIANTS, first_difference, make_sample
@@ -124,7 +124,7 @@ def test_service_round_trip(harness: Harness, name: str) -> None:
 @pytest.mark.parametrize("name", sorted(ACTIONS))
 def test_action_round_trip_and_cancel(harness: Harness, name: str) -> None:
     action = ACTIONS[name]
-    client = ActionClient(harness.node, action, f"echo/action/{name}")
+    client = RaceFreeActionClient(harness.node, action, f"echo/action/{name}")
     try:
         harness.spin_until(client.server_is_ready, 20.0, f"action server echo/action/{name}")
         assert distinguishable_variants(action.Goal) == ("full", "large", "empty")

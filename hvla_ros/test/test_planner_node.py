@@ -59,7 +59,7 @@ class Harness:
     """Camera publisher, executor double and goal client in one node spun in a background thread."""
 
     def __init__(self, context, images, mode: str = "expert", namespace: str = "") -> None:
-        from rclpy.action import ActionClient, ActionServer, CancelResponse
+        from rclpy.action import ActionServer, CancelResponse
         from rclpy.callback_groups import ReentrantCallbackGroup
         from rclpy.executors import MultiThreadedExecutor
         from rclpy.node import Node
@@ -69,6 +69,7 @@ class Harness:
         from hvla_interfaces.msg import PlanState, Subtask
         from hvla_interfaces.srv import ListSkills
         from hvla_ros import topics
+        from hvla_ros.rosutil.action import RaceFreeActionClient
         from hvla_ros.rosutil.images import to_image_msg
         from hvla_ros.rosutil.qos import IMAGE_QOS, LATCHED_QOS
 
@@ -136,7 +137,7 @@ class Harness:
         self.node.create_subscription(Subtask, topics.CURRENT_SUBTASK,
                                       lambda m: self.subtasks_seen.append(m.instruction), LATCHED_QOS,
                                       callback_group=cb)
-        self.goal_client = ActionClient(self.node, ExecuteGoal, topics.EXECUTE_GOAL_ACTION, callback_group=cb)
+        self.goal_client = RaceFreeActionClient(self.node, ExecuteGoal, topics.EXECUTE_GOAL_ACTION, callback_group=cb)
         self.ExecuteGoal = ExecuteGoal
         self.executor = MultiThreadedExecutor(num_threads=4, context=context)
         self.executor.add_node(self.node)

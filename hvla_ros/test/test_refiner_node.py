@@ -262,18 +262,20 @@ class SubtaskServer:
 
     def __init__(self, ctx) -> None:
         import rclpy
-        from rclpy.action import ActionClient, ActionServer, CancelResponse
+        from rclpy.action import ActionServer, CancelResponse
         from rclpy.callback_groups import ReentrantCallbackGroup
         from rclpy.executors import MultiThreadedExecutor
 
         from hvla_interfaces.action import ExecuteSubtask
+        from hvla_ros.rosutil.action import RaceFreeActionClient
 
         self.node = rclpy.create_node("subtask_server_stand_in", context=ctx)
         self.finish = threading.Event()
         group = ReentrantCallbackGroup()
         self.server = ActionServer(self.node, ExecuteSubtask, topics.EXECUTE_SUBTASK_ACTION, self._execute,
                                    cancel_callback=lambda _h: CancelResponse.ACCEPT, callback_group=group)
-        self.client = ActionClient(self.node, ExecuteSubtask, topics.EXECUTE_SUBTASK_ACTION, callback_group=group)
+        self.client = RaceFreeActionClient(self.node, ExecuteSubtask, topics.EXECUTE_SUBTASK_ACTION,
+                                           callback_group=group)
         self.executor = MultiThreadedExecutor(num_threads=4, context=ctx)
         self.executor.add_node(self.node)
         self.thread = threading.Thread(target=self.executor.spin, daemon=True)

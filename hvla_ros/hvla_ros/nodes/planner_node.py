@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 from diagnostic_msgs.msg import KeyValue
-from rclpy.action import ActionClient, ActionServer, CancelResponse, GoalResponse
+from rclpy.action import ActionServer, CancelResponse, GoalResponse
 from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from sensor_msgs.msg import Image
@@ -56,6 +56,7 @@ from hvla_ros.planner.episode import EpisodeRunner, EpisodeStatus, Executor, Exe
 from hvla_ros.planner.factory import BACKENDS, ReasonerSettings, make_reasoner
 from hvla_ros.planner.memory import MemoryConfig, MemoryView
 from hvla_ros.planner.reasoner import ExecutionReport, Images, Reasoner, ReasonerError, StopCheck
+from hvla_ros.rosutil.action import RaceFreeActionClient
 from hvla_ros.rosutil.images import ImageConversionError, to_rgb
 from hvla_ros.rosutil.node_main import run_lifecycle_node
 from hvla_ros.rosutil.params import ParamSpec, declare_params
@@ -288,7 +289,8 @@ class PlannerNode(LifecycleNode):
         self._pubs: dict[str, Any] = {}
         self._subs: list[Any] = []
         self._cb = ReentrantCallbackGroup()
-        self.subtask_client = ActionClient(self, ExecuteSubtask, topics.EXECUTE_SUBTASK_ACTION, callback_group=self._cb)
+        self.subtask_client = RaceFreeActionClient(self, ExecuteSubtask, topics.EXECUTE_SUBTASK_ACTION,
+                                                   callback_group=self._cb)
         self.skills_client = self.create_client(ListSkills, topics.LIST_SKILLS_SERVICE, callback_group=self._cb)
         self._pause_srv = self.create_service(SetPaused, topics.SET_PAUSED_SERVICE, self._on_set_paused,
                                               callback_group=self._cb)
